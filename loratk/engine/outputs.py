@@ -1,0 +1,108 @@
+"""What a finished run leaves behind: the final adapter folder, its model card, and the curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from loratk.fileio import atomic_directory, atomic_write_text
+
+FINAL_DIR = "final"
+CURVES_FILE = "training_curves.png"
+
+
+def has_finished_adapter(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / FINAL_DIR / "adapter_config.json").is_file()
+
+
+def model_card(summary: dict[str, Any]) -> str:
+    hp = summary["hyperparameters"]
+    rows = "\n".join(f"| `{k}` | {v} |" for k, v in hp.items())
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    return f"""---
+library_name: peft
+base_model: {summary['base_model']}
+tags: [lora, loratk{', qlora' if hp.get('quantization') else ''}]
+---
+
+# LoRA adapter for {summary['base_model']}
+
+Trained with [loratk](https://pypi.org/project/loratk/) on {', '.join(summary['datasets'])}
+({summary['train_examples']} training examples, {summary['eval_examples']} held out).
+
+| result | value |
+| --- | --- |
+| final train loss | {fmt(summary['train_loss'])} |
+| eval loss | {fmt(summary['eval_loss'])} |
+| eval perplexity | {fmt(summary['eval_perplexity'])} |
+| optimizer steps | {summary['steps']} |
+
+## Hyper-parameters
+
+| option | value |
+| --- | --- |
+{rows}
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+
+base = AutoModelForCausalLM.from_pretrained("{summary['base_model_path']}")
+model = PeftModel.from_pretrained(base, "path/to/this/folder")
+```
+"""
+
+
+def write_final_adapter(model, tokenizer, output_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Save adapter + tokenizer + model card into a temporary folder, then rename it to ``final``."""
+    target = Path(output_dir) / FINAL_DIR
+    with atomic_directory(target, replace=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(summary), encoding="utf-8")
+        (tmp / "loratk_summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return target
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Loss, eval loss and learning rate over steps as a PNG; None when nothing was logged."""
+    train = [(r["step"], r["loss"]) for r in history if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
+    rates = [(r["step"], r["learning_rate"]) for r in history if "learning_rate" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, lr_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    if train:
+        loss_ax.plot(*zip(*train), label="train loss", marker=".")
+    if evals:
+        loss_ax.plot(*zip(*evals), label="eval loss", marker="o")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    loss_ax.grid(alpha=0.3)
+    if rates:
+        lr_ax.plot(*zip(*rates), color="tab:green")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("optimizer step")
+    lr_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,47 @@
+"""Choosing the modules LoRA adapts: the user's list, the architecture's defaults, or every Linear."""
+
+from __future__ import annotations
+
+from loratk.errors import UsageError
+
+
+def linear_modules(model) -> dict[str, int]:
+    """Short names of the model's Linear-like modules (output head excluded) and how many of each."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if module is head or not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        short = name.rsplit(".", 1)[-1]
+        counts[short] = counts.get(short, 0) + 1
+    return counts
+
+
+def resolve_target_modules(model, requested: list[str] | str | None) -> list[str] | str:
+    """The ``target_modules`` for peft's LoraConfig; unknown names are a usage error."""
+    from loratk.plugins import get_plugins
+
+    available = linear_modules(model)
+    if requested == "all-linear":
+        return "all-linear"
+    if requested is None:
+        model_type = getattr(model.config, "model_type", None)
+        defaults = get_plugins().architectures.get(model_type)
+        if defaults:
+            present = [name for name in defaults if name in available]
+            if present:
+                return present
+        return sorted(available)
+    missing = [name for name in requested if name not in available]
+    if missing:
+        model_type = getattr(model.config, "model_type", "this")
+        raise UsageError(
+            f"target module{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
+            f"match{'' if len(missing) > 1 else 'es'} no Linear module of this {model_type} model; "
+            f"its Linear modules are: {', '.join(sorted(available))}",
+            "pass names from that list to --target_modules, 'all-linear', or leave it out for the defaults",
+        )
+    return list(requested)

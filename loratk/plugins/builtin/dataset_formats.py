@@ -1,0 +1,121 @@
+"""Built-in data sources: JSON, JSONL, CSV, Parquet files, Hub dataset ids and save_to_disk folders.
+
+JSON and JSONL are parsed here rather than by ``datasets`` so a malformed file is reported with
+the line and column where it breaks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from loratk.errors import DataError
+from loratk.plugins.hookspecs import hookimpl
+
+
+def _rows_to_dataset(rows: list, source: str):
+    from datasets import Dataset
+
+    if not rows:
+        raise DataError(f"dataset {source} has no rows", "add at least one example")
+    bad = next((i for i, row in enumerate(rows, 1) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise DataError(
+            f"row {bad} of {source} is {type(rows[bad - 1]).__name__}, not an object",
+            'each example must be an object such as {"text": "..."}',
+        )
+    try:
+        return Dataset.from_list(rows)
+    except Exception as exc:  # pyarrow type clashes between rows
+        raise DataError(f"cannot build a table from {source}: {exc}", "give every row the same fields and types") from exc
+
+
+def load_json(source: str, options: Mapping[str, Any]):
+    text = Path(source).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            "fix the file, or name it .jsonl if it holds one JSON object per line",
+        ) from exc
+    if isinstance(data, dict):
+        lists = [key for key, value in data.items() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise DataError(
+                f"{source} holds an object with keys {sorted(data)}, not a list of examples",
+                'use a JSON array, or an object with one list of examples such as {"data": [...]}',
+            )
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise DataError(f"{source} holds a JSON {type(data).__name__}, not a list of examples", "use a JSON array of objects")
+    return _rows_to_dataset(data, source)
+
+
+def load_jsonl(source: str, options: Mapping[str, Any]):
+    rows = []
+    with open(source, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{source} line {number} is not valid JSON: {exc.msg} at column {exc.colno}",
+                    "each line of a .jsonl file must be one complete JSON object",
+                ) from exc
+    return _rows_to_dataset(rows, source)
+
+
+def _load_with_builder(builder: str, source: str):
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(builder, data_files=source, split="train")
+    except Exception as exc:
+        raise DataError(f"cannot read {source} as {builder}: {exc}", f"check that it is a valid {builder} file") from exc
+
+
+def load_csv(source: str, options: Mapping[str, Any]):
+    return _load_with_builder("csv", source)
+
+
+def load_parquet(source: str, options: Mapping[str, Any]):
+    return _load_with_builder("parquet", source)
+
+
+def load_disk(source: str, options: Mapping[str, Any]):
+    from datasets import DatasetDict, load_from_disk
+
+    data = load_from_disk(source)
+    if isinstance(data, DatasetDict):
+        split = options.get("dataset_split") or "train"
+        if split not in data:
+            raise DataError(f"{source} has no split {split!r}; it has {sorted(data)}", "choose one with --dataset_split")
+        data = data[split]
+    return data
+
+
+def load_hub(source: str, options: Mapping[str, Any]):
+    from datasets import load_dataset
+
+    split = options.get("dataset_split") or "train"
+    try:
+        return load_dataset(source, options.get("dataset_config"), split=split)
+    except Exception as exc:
+        raise DataError(
+            f"cannot load Hub dataset {source!r} (split {split!r}): {type(exc).__name__}: {exc}",
+            "check the dataset id and your network connection, or download the data and pass the file",
+        ) from exc
+
+
+@hookimpl
+def register_dataset_formats(register):
+    register("json", load_json, extensions=[".json"])
+    register("jsonl", load_jsonl, extensions=[".jsonl", ".ndjson"])
+    register("csv", load_csv, extensions=[".csv"])
+    register("parquet", load_parquet, extensions=[".parquet", ".pq"])
+    register("disk", load_disk)
+    register("hub", load_hub)

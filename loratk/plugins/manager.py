@@ -1,0 +1,208 @@
+"""Loads the built-in and installed plugins and collects what they register.
+
+A small facade over pluggy with one attribute per kind of registration. Installed plugins are
+found through the ``loratk`` entry-point group; one that fails to import or whose hooks raise is
+recorded as broken (and named in one warning line) while everything else keeps working.
+Set ``LORATK_DISABLE_PLUGINS=name,other`` (or ``all``) to skip installed plugins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pluggy
+
+from loratk.errors import PluginError
+from loratk.plugins import hookspecs
+from loratk.plugins.builtin import BUILTIN_PLUGINS
+from loratk.plugins.registry import Registry, is_builtin
+
+ENTRY_POINT_GROUP = "loratk"
+DISABLE_ENV = "LORATK_DISABLE_PLUGINS"
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    name: str
+    load: Callable[[str, Mapping[str, Any]], Any]
+    extensions: tuple[str, ...] = ()
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str | None
+    builtin: bool
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _disabled_names() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _normalise_extension(ext: str) -> str:
+    ext = ext.lower()
+    return ext if ext.startswith(".") else "." + ext
+
+
+class LoratkPlugins:
+    """Every registered architecture, dataset format, quantization backend and recipe folder."""
+
+    def __init__(self, load_entry_points: bool = True):
+        self.pm = pluggy.PluginManager("loratk")
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        for module_name in BUILTIN_PLUGINS:
+            self.register(importlib.import_module(module_name), name=module_name, builtin=True)
+        if load_entry_points:
+            self._load_entry_points()
+        self._collected = False
+
+    # -- plugin registration -------------------------------------------------------------
+    def register(self, plugin: object, name: str | None = None, builtin: bool = False,
+                 version: str | None = None) -> str:
+        """Register a plugin object or module (what entry points and tests use)."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        self.pm.register(plugin, name=name)
+        hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        self.info[name] = PluginInfo(name, version, builtin or is_builtin(name), hooks)
+        self._collected = False
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.unregister(name)
+            self._mark_broken(name, version, f"unknown hook: {exc}")
+        return name
+
+    def unregister(self, name: str) -> None:
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.info.pop(name, None)
+        self._collected = False
+
+    def _mark_broken(self, name: str, version: str | None, error: str) -> None:
+        self.info[name] = PluginInfo(name, version, False, [], error)
+        print(f"loratk: warning: plugin {name!r} is broken and was skipped: {error}", file=sys.stderr)
+
+    def _load_entry_points(self) -> None:
+        disabled = _disabled_names()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if "all" in disabled or ep.name in disabled:
+                continue
+            version = ep.dist.version if ep.dist is not None else None
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not take the CLI down
+                self._mark_broken(ep.name, version, f"{type(exc).__name__}: {exc}")
+                continue
+            self.register(plugin, name=ep.name, version=version)
+
+    # -- collected registrations ---------------------------------------------------------
+    def _collect(self) -> None:
+        if self._collected:
+            return
+        self._architectures: Registry[tuple[str, ...]] = Registry("architecture")
+        self._dataset_formats: Registry[DatasetFormat] = Registry("dataset format")
+        self._quantization: Registry[Callable[[Mapping[str, Any]], Any]] = Registry("quantization backend")
+        self._recipe_folders: list[tuple[Path, str]] = []
+        # Built-ins first, so an installed plugin may replace a built-in entry.
+        ordered = sorted(self.info.values(), key=lambda i: (not i.builtin, i.name))
+        for info in ordered:
+            if info.error is not None:
+                continue
+            plugin = self.pm.get_plugin(info.name)
+            try:
+                self._call_hooks(plugin, info.name)
+            except PluginError:
+                raise
+            except Exception as exc:
+                self.unregister(info.name)
+                self._mark_broken(info.name, info.version, f"{type(exc).__name__}: {exc}")
+                self._collected = False
+                return self._collect()
+        self._collected = True
+
+    def _call_hooks(self, plugin: object, name: str) -> None:
+        def architectures(model_type: str, target_modules: Sequence[str], *, override: bool = False) -> None:
+            if isinstance(target_modules, str) or not all(isinstance(t, str) for t in target_modules):
+                raise PluginError(
+                    f"plugin {name!r} gave target_modules {target_modules!r} for {model_type!r}",
+                    "pass a list of module names such as ['q_proj', 'v_proj']",
+                )
+            self._architectures.add(model_type, tuple(target_modules), name, override)
+
+        def dataset_formats(fmt: str, load: Callable, extensions: Sequence[str] = (), *, override: bool = False) -> None:
+            exts = tuple(_normalise_extension(e) for e in extensions)
+            self._dataset_formats.add(fmt, DatasetFormat(fmt, load, exts), name, override)
+
+        def quantization(backend: str, build: Callable, *, override: bool = False) -> None:
+            self._quantization.add(backend, build, name, override)
+
+        def recipes(folder: str | os.PathLike) -> None:
+            self._recipe_folders.append((Path(folder), name))
+
+        callbacks = {
+            "register_architectures": architectures,
+            "register_dataset_formats": dataset_formats,
+            "register_quantization_backends": quantization,
+            "register_recipes": recipes,
+        }
+        for hook_name, callback in callbacks.items():
+            impl = getattr(plugin, hook_name, None)
+            if impl is not None and hook_name in self.info[name].hooks:
+                impl(register=callback)
+
+    @property
+    def architectures(self) -> Registry[tuple[str, ...]]:
+        self._collect()
+        return self._architectures
+
+    @property
+    def dataset_formats(self) -> Registry[DatasetFormat]:
+        self._collect()
+        return self._dataset_formats
+
+    @property
+    def quantization_backends(self) -> Registry[Callable[[Mapping[str, Any]], Any]]:
+        self._collect()
+        return self._quantization
+
+    @property
+    def recipe_folders(self) -> list[tuple[Path, str]]:
+        self._collect()
+        return list(self._recipe_folders)
+
+    def format_for_extension(self, extension: str) -> str | None:
+        """The dataset format registered for a file extension (latest registration wins)."""
+        extension = _normalise_extension(extension)
+        match = None
+        for entry in self.dataset_formats.entries():
+            if extension in entry.value.extensions:
+                if match is None or is_builtin(match.plugin):
+                    match = entry
+        return match.name if match else None
+
+
+_plugins: LoratkPlugins | None = None
+
+
+def get_plugins() -> LoratkPlugins:
+    """The process-wide plugin manager, built on first use."""
+    global _plugins
+    if _plugins is None:
+        _plugins = LoratkPlugins()
+    return _plugins
+
+
+def reset_plugins() -> None:
+    """Forget the plugin manager so the next ``get_plugins()`` rebuilds it (tests use this)."""
+    global _plugins
+    _plugins = None
