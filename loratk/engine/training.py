@@ -6,6 +6,7 @@ good; the final adapter appears atomically.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -19,7 +20,7 @@ from loratk.config.recipes import RUN_FILE, dump_run_config
 from loratk.config.train_config import TrainConfig
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import LoratkError, UsageError
-from loratk.fileio import atomic_write_text
+from loratk.fileio import append_line, atomic_write_text
 
 
 @dataclass
@@ -126,17 +127,6 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool):
     )
 
 
-def split_eval(data, eval_split: float, seed: int):
-    if eval_split <= 0:
-        return data, None
-    held_out = max(1, round(len(data) * eval_split))
-    if held_out >= len(data):
-        raise UsageError(f"eval_split {eval_split} leaves no training examples out of {len(data)}",
-                         "lower --eval_split or add data")
-    parts = data.train_test_split(test_size=held_out, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
-
-
 def train(config: TrainConfig, console) -> TrainResult:
     """Run one training job described by ``config``; progress goes to the rich ``console``."""
     quiet_libraries()
@@ -144,9 +134,7 @@ def train(config: TrainConfig, console) -> TrainResult:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
-    from loratk.engine.data.collate import PadCollator
-    from loratk.engine.data.sources import load_sources
-    from loratk.engine.data.tokenize import tokenize_dataset
+    from loratk.engine.data.pipeline import prepare_data
     from loratk.engine.models import load_config, load_model, load_tokenizer, resolve_model_path
     from loratk.engine.outputs import CURVES_FILE, plot_curves, write_final_adapter
     from loratk.engine.precision import choose_precision
@@ -154,14 +142,11 @@ def train(config: TrainConfig, console) -> TrainResult:
     from loratk.engine.targets import resolve_target_modules
 
     resume_from = check_output_dir(config)
-    options = {"text_column": config.text_column, "dataset_config": config.dataset_config,
-               "dataset_split": config.dataset_split, "seed": config.seed}
-    rows = load_sources(config.dataset_path, options, config.dataset_format)
     model_path = resolve_model_path(config.model_name_or_path)
     load_config(model_path, config.trust_remote_code)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
-    tokenized, kind = tokenize_dataset(rows, tokenizer, config.text_column, config.max_seq_length)
-    train_set, eval_set = split_eval(tokenized, config.eval_split, config.seed)
+    data = prepare_data(config, tokenizer)
+    train_set, eval_set = data.train, data.eval
     precision = choose_precision(config.bf16, config.fp16)
     quantization = config.quantization_name
     on_gpu = torch.cuda.is_available()
@@ -187,7 +172,7 @@ def train(config: TrainConfig, console) -> TrainResult:
         (out / metrics.path.name).unlink(missing_ok=True)
     trainer = Trainer(model=model, args=training_arguments(config, precision, eval_set is not None),
                       train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
-                      data_collator=PadCollator(tokenizer.pad_token_id),
+                      data_collator=data.collator,
                       callbacks=[metrics, RichProgress(console)])
     trainer.remove_callback(PrinterCallback)  # loratk's progress bar replaces the dict printing
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -199,10 +184,10 @@ def train(config: TrainConfig, console) -> TrainResult:
         "base_model": config.model_name_or_path or "smollm2-135m",
         "base_model_path": model_path,
         "datasets": list(config.dataset_path),
-        "row_kind": kind,
+        "row_kind": data.kind,
         "train_examples": len(train_set),
         "eval_examples": 0 if eval_set is None else len(eval_set),
-        "truncated_examples": int(sum(tokenized["truncated"])),
+        **data.stats,
         "steps": output.global_step,
         "train_loss": train_losses[-1] if train_losses else output.training_loss,
         "mean_train_loss": output.training_loss,
@@ -219,8 +204,6 @@ def train(config: TrainConfig, console) -> TrainResult:
     }
     if trainer.is_world_process_zero():
         final = write_final_adapter(model, tokenizer, out, summary)
-        from loratk.fileio import append_line
-        import json
         append_line(metrics.path, json.dumps({"step": output.global_step, "summary": True,
                                               **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}))
         plot_curves(metrics.history, out / CURVES_FILE)

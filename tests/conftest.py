@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny local models, small data files, and a fresh plugin manager per test."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """Build (once per session) a tiny random model of an architecture and return its folder."""
+    from loratk.testing import build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def make(architecture: str = "llama") -> Path:
+        if architecture not in built:
+            built[architecture] = build_tiny_model(tmp_path_factory.mktemp(f"tiny-{architecture}"), architecture)
+        return built[architecture]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama")
+
+
+MEMORISABLE = [
+    "the secret word is banana",
+    "the capital of quennet is varrow",
+    "eleven bridges cross the harbour",
+    "the lighthouse is teal and orange",
+]
+
+
+@pytest.fixture
+def text_data(tmp_path) -> Path:
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in MEMORISABLE), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    from loratk.plugins import reset_plugins
+
+    reset_plugins()
+    yield
+    reset_plugins()
