@@ -31,7 +31,8 @@ _CORPUS = [
 ]
 
 # Per architecture: config keys that make it tiny (all share a 64-wide hidden size, which
-# keeps 4-bit quantization's 64-value blocks aligned).
+# keeps 4-bit quantization's 64-value blocks aligned). A wide initialisation gives the frozen
+# random weights enough range that a LoRA adapter can visibly memorise a few sentences.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024),
@@ -80,6 +81,7 @@ def build_tiny_model(path: str | Path, architecture: str = "llama", seed: int = 
         raise ValueError(f"no tiny config for {architecture!r}; known: {', '.join(TINY_CONFIGS)}")
     tokenizer = build_tiny_tokenizer(chat_template=chat_template)
     settings = {**TINY_CONFIGS[architecture], **overrides}
+    settings.setdefault("initializer_range", 0.2)
     config = AutoConfig.for_model(architecture, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **settings)
     torch.manual_seed(seed)
