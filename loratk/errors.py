@@ -52,3 +52,11 @@ class ModelError(LoratkError):
 
 class PluginError(LoratkError):
     """A plugin is broken or two plugins claim the same name."""
+
+
+class Interrupted(LoratkError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (exit code 130 or 143)."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 130):
+        super().__init__(message, hint)
+        self.exit_code = exit_code

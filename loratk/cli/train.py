@@ -39,7 +39,8 @@ def train(ctx: click.Context, dataset: tuple[str, ...], recipe: str | None, **pa
     from loratk.engine.training import train as run_training
 
     result = run_training(config, Console(stderr=True))
-    print_summary(result.summary, result.final_dir)
+    if result.is_main_process:
+        print_summary(result.summary, result.final_dir)
 
 
 def print_summary(summary: dict, final_dir) -> None:
@@ -60,7 +61,8 @@ def print_summary(summary: dict, final_dir) -> None:
         ("trainable parameters", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
                                  f"({100 * summary['trainable_parameters'] / summary['total_parameters']:.3f}%)"),
         ("precision", summary["precision"]),
-        ("steps", str(summary["steps"])),
+        ("steps", f"{summary['steps']} (global batch {summary['global_batch_size']}, "
+                  f"{summary['world_size']} process{'es' if summary['world_size'] > 1 else ''})"),
         ("final train loss", number(summary["train_loss"])),
         ("eval loss / perplexity", f"{number(summary['eval_loss'])} / {number(summary['eval_perplexity'], '{:.2f}')}"),
         ("peak memory", f"{summary['peak_rss_mb']:,.0f} MB resident"),

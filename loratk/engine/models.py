@@ -84,14 +84,20 @@ def quantization_config(name: str | None, options: dict[str, Any]):
 
 
 def load_model(path: str, *, quantization: str | None = None, dtype: str = "float32",
-               trust_remote_code: bool = False, device_map: Any = None):
-    """Load a causal LM; ``dtype`` is the storage dtype of what stays unquantized."""
+               trust_remote_code: bool = False, device_map: Any = None, quant_storage: str | None = None):
+    """Load a causal LM; ``dtype`` is the storage dtype of what stays unquantized.
+
+    ``quant_storage`` packs 4-bit weights in that dtype (FSDP needs it equal to ``dtype``).
+    """
     quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, DTYPES.get(dtype, dtype))
-    qconfig = quantization_config(quantization, {"compute_dtype": torch_dtype})
+    options = {"compute_dtype": torch_dtype}
+    if quant_storage is not None:
+        options["quant_storage"] = getattr(torch, DTYPES.get(quant_storage, quant_storage))
+    qconfig = quantization_config(quantization, options)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig

@@ -1,15 +1,14 @@
 """``loratk train`` end to end: validate everything, then train LoRA with the transformers Trainer.
 
 Nothing is written to ``output_dir`` until the data, tokenizer, model and targets are known to be
-good; the final adapter appears atomically.
+good; the final adapter appears atomically. Under torchrun / accelerate launch only the main
+process reports and writes; a first SIGINT/SIGTERM saves a checkpoint and stops cleanly.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 from loratk.config.recipes import RUN_FILE, dump_run_config
 from loratk.config.train_config import TrainConfig
 from loratk.engine.quiet import quiet_libraries
-from loratk.errors import LoratkError, UsageError
+from loratk.errors import Interrupted
 from loratk.fileio import append_line, atomic_write_text
 
 
@@ -27,52 +26,15 @@ from loratk.fileio import append_line, atomic_write_text
 class TrainResult:
     output_dir: Path
     final_dir: Path
+    is_main_process: bool = True
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` folder (one with trainer_state.json)."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
-def check_output_dir(config: TrainConfig) -> Path | None:
-    """Refuse to clobber a finished run; find the checkpoint to resume from."""
-    from loratk.engine.outputs import has_finished_adapter
-
-    out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output_dir {out} is a file", "pass a folder path to --output_dir")
-    if has_finished_adapter(out) and not (config.overwrite or config.resume):
-        raise UsageError(f"output_dir {out} already holds a finished adapter (final/)",
-                         "pass --overwrite to replace it, --resume to continue, or choose another --output_dir")
-    if config.resume:
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
-            raise UsageError(f"--resume: no checkpoint-N folder in {out}", "run without --resume to start afresh")
-        return checkpoint
-    return None
-
-
-def check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".loratk-write-test-{os.getpid()}"
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
-    except OSError as exc:
-        raise LoratkError(f"cannot write to output_dir {path}: {exc.strerror or exc}",
-                          "choose a writable folder with free space for --output_dir") from exc
 
 
 def peak_memory_mb() -> dict[str, float]:
     import torch
 
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 * 1024)}
+    divisor = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / divisor}
     if torch.cuda.is_available():
         peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         peak["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
@@ -96,8 +58,12 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool):
     import torch
     from transformers import TrainingArguments
 
+    from loratk.engine.distributed import ddp_backend
+
     return TrainingArguments(
         use_cpu=not torch.cuda.is_available(),
+        ddp_backend=ddp_backend(),
+        ddp_find_unused_parameters=False,  # every LoRA parameter takes part in every step
         output_dir=config.output_dir,
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
@@ -127,6 +93,19 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool):
     )
 
 
+def keep_metrics_until(path: Path, step: int) -> None:
+    """On resume, drop metrics logged after the checkpoint so no step appears twice."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step and not json.loads(line).get("summary")]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def resume_command(config: TrainConfig) -> str:
+    return f"loratk train --recipe {Path(config.output_dir) / RUN_FILE} --resume"
+
+
 def train(config: TrainConfig, console) -> TrainResult:
     """Run one training job described by ``config``; progress goes to the rich ``console``."""
     quiet_libraries()
@@ -134,59 +113,71 @@ def train(config: TrainConfig, console) -> TrainResult:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
+    from loratk.engine.checkpoints import MarkCompleteCheckpoints, discard_incomplete
     from loratk.engine.data.pipeline import prepare_data
+    from loratk.engine.distributed import device_map_for_quantized, is_main_process, using_fsdp, world_size
+    from loratk.engine.interrupts import StopOnSignal
     from loratk.engine.models import load_config, load_model, load_tokenizer, resolve_model_path
     from loratk.engine.outputs import CURVES_FILE, plot_curves, write_final_adapter
     from loratk.engine.precision import choose_precision
+    from loratk.engine.preflight import check_output_dir, check_writable
     from loratk.engine.reporting import MetricsFile, RichProgress
     from loratk.engine.targets import resolve_target_modules
 
+    main = is_main_process()
     resume_from = check_output_dir(config)
     model_path = resolve_model_path(config.model_name_or_path)
     load_config(model_path, config.trust_remote_code)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
-    train_set, eval_set = data.train, data.eval
     precision = choose_precision(config.bf16, config.fp16)
     quantization = config.quantization_name
     on_gpu = torch.cuda.is_available()
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32") if on_gpu else (
         "bfloat16" if precision == "bf16" and quantization else "float32")
-    device_map = {"": torch.cuda.current_device()} if on_gpu and quantization else None
     model = load_model(model_path, quantization=quantization, dtype=dtype,
-                       trust_remote_code=config.trust_remote_code, device_map=device_map)
-    model.config.use_cache = False
+                       trust_remote_code=config.trust_remote_code,
+                       device_map=device_map_for_quantized() if quantization else None,
+                       quant_storage=dtype if using_fsdp() else None)
+    model.config.use_cache = False  # padding-free batches need it, and training never uses the cache
     targets = resolve_target_modules(model, config.target_module_list())
-
-    # Everything is validated: from here on loratk writes to output_dir.
-    out = Path(config.output_dir)
-    check_writable(out)
-    header = ("Written by loratk train. Reproduce this run with:\n"
-              f"  loratk train --recipe {out / RUN_FILE}")
-    atomic_write_text(out / RUN_FILE, dump_run_config(config, header))
     torch.manual_seed(config.seed)
     model = attach_lora(model, config, targets, quantized=quantization is not None)
     trainable, total = model.get_nb_trainable_parameters()
+
+    # Everything is validated: from here on loratk writes to output_dir (the main process only).
+    out = Path(config.output_dir)
     metrics = MetricsFile(out)
-    if resume_from is None:
-        (out / metrics.path.name).unlink(missing_ok=True)
-    trainer = Trainer(model=model, args=training_arguments(config, precision, eval_set is not None),
-                      train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+    if main:
+        check_writable(out, trainable, config.save_total_limit)
+        discard_incomplete(out)
+        header = f"Written by loratk train. Reproduce this run with:\n  loratk train --recipe {out / RUN_FILE}"
+        atomic_write_text(out / RUN_FILE, dump_run_config(config, header))
+        if resume_from is None:
+            metrics.path.unlink(missing_ok=True)
+        else:
+            keep_metrics_until(metrics.path, int(resume_from.name.rsplit("-", 1)[1]))
+    stopper = StopOnSignal()
+    trainer = Trainer(model=model, args=training_arguments(config, precision, data.eval is not None),
+                      train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
                       data_collator=data.collator,
-                      callbacks=[metrics, RichProgress(console)])
+                      callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper])
     trainer.remove_callback(PrinterCallback)  # loratk's progress bar replaces the dict printing
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    eval_loss = None
-    if eval_set is not None:
-        eval_loss = trainer.evaluate()["eval_loss"]
+    with stopper.installed():
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stopper.received is not None:
+        raise Interrupted(f"training interrupted at step {trainer.state.global_step}; "
+                          f"checkpoint saved in {out / f'checkpoint-{trainer.state.global_step}'}",
+                          f"resume with: {resume_command(config)}", stopper.exit_code)
+    eval_loss = trainer.evaluate()["eval_loss"] if data.eval is not None else None
     train_losses = [r["loss"] for r in metrics.history if "loss" in r]
     summary = {
         "base_model": config.model_name_or_path or "smollm2-135m",
         "base_model_path": model_path,
         "datasets": list(config.dataset_path),
         "row_kind": data.kind,
-        "train_examples": len(train_set),
-        "eval_examples": 0 if eval_set is None else len(eval_set),
+        "train_examples": len(data.train),
+        "eval_examples": 0 if data.eval is None else len(data.eval),
         **data.stats,
         "steps": output.global_step,
         "train_loss": train_losses[-1] if train_losses else output.training_loss,
@@ -197,16 +188,17 @@ def train(config: TrainConfig, console) -> TrainResult:
         "total_parameters": total,
         "target_modules": targets,
         "precision": precision,
+        "world_size": world_size(),
+        "global_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size(),
         "runtime_seconds": output.metrics.get("train_runtime"),
         "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
         **peak_memory_mb(),
         "hyperparameters": {k: v for k, v in config.recorded().items() if k not in ("dataset_path", "output_dir")},
     }
-    if trainer.is_world_process_zero():
-        final = write_final_adapter(model, tokenizer, out, summary)
-        append_line(metrics.path, json.dumps({"step": output.global_step, "summary": True,
-                                              **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}))
+    final = out / "final"
+    if main:
+        write_final_adapter(model, tokenizer, out, summary)
+        numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        append_line(metrics.path, json.dumps({"step": output.global_step, "summary": True, **numbers}))
         plot_curves(metrics.history, out / CURVES_FILE)
-    else:
-        final = out / "final"
-    return TrainResult(out, final, summary)
+    return TrainResult(out, final, main, summary)
