@@ -31,9 +31,9 @@ def ddp_backend() -> str | None:
 
 
 def device_map_for_quantized() -> dict[str, int] | None:
-    """Quantized weights must be placed at load time: on this process's GPU."""
+    """Quantized weights must be placed at load time: on this process's GPU (FSDP places them itself)."""
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or using_fsdp():
         return None
     return {"": int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))}

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -18,9 +18,7 @@ WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu x
 TOLERANCE = 1e-5
 
 
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "data.jsonl"
+def write_data(path: Path) -> Path:
     path.write_text("".join(json.dumps({"text": f"example {i} says the word {w}"}) + "\n"
                             for i, w in enumerate(WORDS)), encoding="utf-8")
     return path
@@ -36,15 +34,31 @@ def losses(out):
     return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
-def test_two_processes_match_one_with_the_same_global_batch(data, tiny_model, tmp_path):
-    single = tmp_path / "single"
-    result = run_cli(["train", *common(data, tiny_model, single), "--per_device_train_batch_size", "4"])
-    assert result.exit_code == 0, result.output
+CONFIGS = Path(__file__).parents[2] / "configs" / "accelerate"
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--nproc_per_node", "2", "--master_port", "29517"],
+    "accelerate": ["accelerate", "launch", "--config_file", str(CONFIGS / "cpu-2proc.yaml"),
+                   "--main_process_port", "29518"],
+}
 
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("single")
+    data = write_data(folder / "data.jsonl")
+    result = run_cli(["train", *common(data, tiny_model, folder / "out"), "--per_device_train_batch_size", "4"])
+    assert result.exit_code == 0, result.output
+    return folder / "out"
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_match_one_with_the_same_global_batch(launcher, single, tiny_model, tmp_path):
+    if shutil.which(LAUNCHERS[launcher][0]) is None:
+        pytest.skip(f"{launcher} is not installed")
+    data = write_data(tmp_path / "data.jsonl")
     double = tmp_path / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29517", "-m", "loratk", "train",
+    proc = subprocess.run([*LAUNCHERS[launcher], "-m", "loratk", "train",
                            *common(data, tiny_model, double), "--per_device_train_batch_size", "2"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,3 +74,12 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tiny_model, tm
     assert one.keys() == two.keys()
     # Equal adapters also prove the data were sharded: repeated batches would train differently.
     assert max((one[k] - two[k]).abs().max().item() for k in one) < TOLERANCE
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_accelerate_configs_load(config):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    loaded = ClusterConfig.from_yaml_file(str(config))
+    assert loaded.num_processes >= 2
+    assert config.read_text().startswith("#") and "accelerate launch --config_file" in config.read_text()
