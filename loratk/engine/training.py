@@ -89,6 +89,7 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool):
         disable_tqdm=True,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # evaluation needs the loss only, never the logits
         dataloader_num_workers=0,
     )
 
@@ -110,7 +111,6 @@ def train(config: TrainConfig, console) -> TrainResult:
     """Run one training job described by ``config``; progress goes to the rich ``console``."""
     quiet_libraries()
     import torch
-    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
     from loratk.engine.checkpoints import MarkCompleteCheckpoints, discard_incomplete
@@ -123,6 +123,7 @@ def train(config: TrainConfig, console) -> TrainResult:
     from loratk.engine.preflight import check_output_dir, check_writable
     from loratk.engine.reporting import MetricsFile, RichProgress
     from loratk.engine.targets import resolve_target_modules
+    from loratk.engine.trainer import LoratkTrainer
 
     main = is_main_process()
     resume_from = check_output_dir(config)
@@ -158,10 +159,10 @@ def train(config: TrainConfig, console) -> TrainResult:
         else:
             keep_metrics_until(metrics.path, int(resume_from.name.rsplit("-", 1)[1]))
     stopper = StopOnSignal()
-    trainer = Trainer(model=model, args=training_arguments(config, precision, data.eval is not None),
-                      train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
-                      data_collator=data.collator,
-                      callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper])
+    trainer = LoratkTrainer(model=model, args=training_arguments(config, precision, data.eval is not None),
+                            train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
+                            data_collator=data.collator,
+                            callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper])
     trainer.remove_callback(PrinterCallback)  # loratk's progress bar replaces the dict printing
     with stopper.installed():
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -188,6 +189,7 @@ def train(config: TrainConfig, console) -> TrainResult:
         "total_parameters": total,
         "target_modules": targets,
         "precision": precision,
+        "fused_loss": trainer.uses_fused_loss,
         "world_size": world_size(),
         "global_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size(),
         "runtime_seconds": output.metrics.get("train_runtime"),

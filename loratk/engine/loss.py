@@ -1,0 +1,112 @@
+"""Causal-LM loss without full-vocabulary logits.
+
+The language-model head is usually frozen under LoRA, and the loss needs logits only where a
+label is trained. So loratk asks the model for the final hidden states at those positions only
+(``logits_to_keep``, with the head swapped for an identity while the model runs) and computes the
+cross-entropy chunk by chunk, producing the gradient for the hidden states in the same pass. At
+no time does a ``tokens x vocabulary`` fp32 tensor exist for the whole batch (49k x 4k tokens is
+800 MB per copy), and prompt positions whose labels are masked cost no head compute at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Iterator
+
+import torch
+
+IGNORE_INDEX = -100
+DEFAULT_CHUNK = 1024
+# Models that transform logits after the head (soft-capping, scaling) use the plain path.
+_POST_HEAD_ATTRIBUTES = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropy of ``hidden @ weight.T`` against ``targets``, in chunks.
+
+    The weight is frozen: only the hidden states get a gradient, computed during the forward
+    pass chunk by chunk (softmax minus one-hot, times the weight) and kept instead of the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = (hidden[rows] @ weight.T).float()
+            log_norm = torch.logsumexp(logits, dim=-1)
+            target = targets[rows]
+            total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            if grad is not None:
+                probs = torch.exp(logits - log_norm[:, None])
+                probs[torch.arange(probs.shape[0], device=probs.device), target] -= 1.0
+                grad[rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+def _causal_lm(model):
+    """The transformers model inside peft / DDP wrappers."""
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+def head_weight_if_fusable(model) -> torch.Tensor | None:
+    """The frozen head weight when the fused loss is exact for this model, else None."""
+    lm = _causal_lm(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    if any(p.requires_grad for p in head.parameters()):
+        return None
+    config = getattr(lm, "config", None)
+    if any(getattr(config, name, None) not in (None, 1.0) for name in _POST_HEAD_ATTRIBUTES):
+        return None
+    if "logits_to_keep" not in inspect.signature(lm.forward).parameters:
+        return None
+    return head.weight
+
+
+@contextlib.contextmanager
+def _head_as_identity(model) -> Iterator[None]:
+    lm = _causal_lm(model)
+    head = lm.get_output_embeddings()
+    lm.set_output_embeddings(_Identity())
+    try:
+        yield
+    finally:
+        lm.set_output_embeddings(head)
+
+
+def shifted_targets(inputs: dict) -> torch.Tensor:
+    """Labels aligned with the positions that predict them (``shift_labels`` if the collator gave them)."""
+    if "shift_labels" in inputs:
+        return inputs["shift_labels"]
+    labels = inputs["labels"]
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def fused_loss_sum(model, inputs: dict, weight: torch.Tensor, chunk: int = DEFAULT_CHUNK):
+    """(sum of token losses, number of trained tokens) for a batch, via the fused path."""
+    targets = shifted_targets(inputs)
+    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+    trained = targets != IGNORE_INDEX
+    keep = trained.any(dim=0).nonzero().squeeze(1)  # positions any row trains on
+    with _head_as_identity(model):
+        hidden = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # (batch, kept, hidden)
+    kept_targets = targets[:, keep]
+    mask = kept_targets != IGNORE_INDEX
+    total = LinearCrossEntropy.apply(hidden[mask], weight, kept_targets[mask], chunk)
+    return total, int(mask.sum())

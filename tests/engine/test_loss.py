@@ -1,0 +1,112 @@
+"""The fused, logits-free loss equals the model's own loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from loratk.engine.loss import LinearCrossEntropy, fused_loss_sum, head_weight_if_fusable
+
+
+def lora_model(path, targets):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+
+
+def batch(seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 300, (3, 16), generator=generator)
+    labels = ids.clone()
+    labels[0, :6] = -100  # a masked prompt
+    labels[1, :2] = -100
+    labels[2, 10:] = -100  # padding at the end
+    return {"input_ids": ids, "labels": labels}
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("architecture,targets", [("llama", ["q_proj", "v_proj", "down_proj"]),
+                                                  ("gpt2", ["c_attn", "c_fc"])])
+def test_fp32_loss_and_gradients_equal_the_plain_path(architecture, targets, tiny_model_factory):
+    model = lora_model(tiny_model_factory(architecture), targets)
+    weight = head_weight_if_fusable(model)
+    assert weight is not None
+    inputs = batch()
+    plain = model(**inputs).loss
+    plain.backward()
+    expected = grads(model)
+    model.zero_grad()
+    total, count = fused_loss_sum(model, inputs, weight, chunk=5)  # several chunks
+    fused = total / count
+    fused.backward()
+    assert count == int((inputs["labels"][:, 1:] != -100).sum())
+    assert fused.item() == pytest.approx(plain.item(), abs=1e-5)
+    for name, grad in grads(model).items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_stays_close_to_fp32(tiny_model):
+    model = lora_model(tiny_model, ["q_proj", "v_proj"])
+    inputs = batch()
+    reference = model(**inputs).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, count = fused_loss_sum(model, inputs, head_weight_if_fusable(model))
+    # bf16 keeps 8 bits of mantissa: about 2-3 significant digits of a loss near 6.
+    assert (total / count).item() == pytest.approx(reference, rel=2e-2)
+
+
+def test_shift_labels_from_a_collator_are_used_as_given(tiny_model):
+    model = lora_model(tiny_model, ["q_proj"])
+    inputs = batch()
+    shifted = torch.nn.functional.pad(inputs["labels"][:, 1:], (0, 1), value=-100)
+    with torch.no_grad():
+        a, n_a = fused_loss_sum(model, inputs, head_weight_if_fusable(model))
+        b, n_b = fused_loss_sum(model, {"input_ids": inputs["input_ids"], "labels": inputs["labels"],
+                                        "shift_labels": shifted}, head_weight_if_fusable(model))
+    assert (a.item(), n_a) == pytest.approx((b.item(), n_b))
+
+
+def test_the_head_never_runs_and_only_trained_positions_reach_the_loss(tiny_model, monkeypatch):
+    from loratk.engine import loss as loss_module
+
+    model = lora_model(tiny_model, ["q_proj"])
+    head = model.get_base_model().get_output_embeddings()
+    monkeypatch.setattr(head, "forward", lambda *a, **k: pytest.fail("full-vocabulary logits were computed"))
+    shapes = []
+    original = loss_module.LinearCrossEntropy.apply
+    monkeypatch.setattr(loss_module.LinearCrossEntropy, "apply",
+                        lambda hidden, *rest: shapes.append(tuple(hidden.shape)) or original(hidden, *rest))
+    inputs = batch()
+    with torch.no_grad():
+        _, count = fused_loss_sum(model, inputs, head_weight_if_fusable(model))
+    assert shapes == [(count, model.get_base_model().config.hidden_size)]
+    assert model.get_base_model().get_output_embeddings() is head  # restored after the forward
+
+
+def test_chunked_kernel_matches_dense_cross_entropy():
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(50, 8, generator=generator)
+    targets = torch.randint(0, 50, (37,), generator=generator)
+    dense = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (dense_grad,) = torch.autograd.grad(dense, hidden)
+    chunked = LinearCrossEntropy.apply(hidden, weight, targets, 8)
+    (chunked_grad,) = torch.autograd.grad(chunked, hidden)
+    assert chunked.item() == pytest.approx(dense.item(), rel=1e-6)
+    torch.testing.assert_close(chunked_grad, dense_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_models_that_change_logits_after_the_head_use_the_plain_path(tiny_model, monkeypatch):
+    model = lora_model(tiny_model, ["q_proj"])
+    monkeypatch.setattr(model.get_base_model().config, "final_logit_softcapping", 30.0, raising=False)
+    assert head_weight_if_fusable(model) is None
+
+
+def test_a_trained_head_uses_the_plain_path(tiny_model):
+    model = lora_model(tiny_model, ["q_proj", "lm_head"])
+    assert head_weight_if_fusable(model) is None
