@@ -1,21 +1,31 @@
 """Helpers for testing loratk and loratk plugins: tiny models, a local tokenizer, the CLI in-process.
 
-    from loratk.testing import build_tiny_model, run_cli
+    from loratk.testing import build_tiny_model, registered_plugin, run_cli
 
     def test_my_plugin(tmp_path):
         model = build_tiny_model(tmp_path / "model", "llama")
-        result = run_cli(["train", "data.jsonl", "--model", str(model), "--max_steps", "2"])
+        with registered_plugin(my_plugin_module):
+            result = run_cli(["train", "data.jsonl", "--model", str(model), "--max_steps", "2"])
         assert result.exit_code == 0, result.output
 
-Everything is built locally from configs: no network, a few hundred thousand parameters.
+- ``build_tiny_model(path, architecture)``: a ~125k-parameter random model of one of
+  ``TINY_ARCHITECTURES`` and its tokenizer, saved to ``path`` (about a second, no network).
+- ``build_tiny_tokenizer()``: the byte-level BPE tokenizer with a ChatML chat template.
+- ``run_cli(args, env=...)``: ``loratk ARGS`` in this process; returns click's ``Result``.
+- ``registered_plugin(plugin)``: a plugin registered only inside a ``with`` block.
+- ``installed_plugin(name, "module")``: loratk sees one more ``loratk`` entry point inside a
+  ``with`` block, as if a package providing it were installed (e.g. to test two plugins clashing).
+
+This module imports torch and transformers only inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -44,6 +54,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      max_position_embeddings=1024),
 }
+
+
+TINY_ARCHITECTURES = tuple(TINY_CONFIGS)
 
 
 @lru_cache(maxsize=None)
@@ -92,23 +105,100 @@ def build_tiny_model(path: str | Path, architecture: str = "llama", seed: int = 
     return path
 
 
-def run_cli(args: Sequence[str], input: str | None = None, catch_exceptions: bool = False):
-    """Run ``loratk ARGS`` in this process; returns click's Result (exit_code, output, stderr)."""
+# Plugins registered by registered_plugin(), so a rebuilt plugin manager gets them back.
+_registered: dict[str, tuple[object, str | None]] = {}
+
+
+def _rebuild_plugins() -> None:
+    from loratk.plugins import get_plugins, reset_plugins
+
+    reset_plugins()
+    plugins = get_plugins()
+    for name, (plugin, version) in _registered.items():
+        plugins.register(plugin, name=name, version=version)
+
+
+def run_cli(args: Sequence[str], input: str | None = None, catch_exceptions: bool = False,
+            env: Mapping[str, str | None] | None = None):
+    """Run ``loratk ARGS`` in this process; returns click's Result (exit_code, output, stdout, stderr).
+
+    ``env`` sets environment variables (None removes one) for this run only. Since plugins are
+    loaded once per process, passing ``env`` reloads them before and after the run, so e.g.
+    ``env={"LORATK_DISABLE_PLUGINS": "all"}`` takes effect; plugins registered with
+    ``registered_plugin`` stay registered. With ``catch_exceptions=False`` (the default) a bug
+    raises in the test instead of hiding in ``result.exception``.
+    """
     from click.testing import CliRunner
 
     from loratk.cli import cli
 
-    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=catch_exceptions)
+    runner = CliRunner()
+    if env is None:
+        return runner.invoke(cli, list(args), input=input, catch_exceptions=catch_exceptions)
+    saved = {key: os.environ.get(key) for key in env}
+    try:
+        _set_environment(env)
+        _rebuild_plugins()
+        return runner.invoke(cli, list(args), input=input, catch_exceptions=catch_exceptions)
+    finally:
+        _set_environment(saved)
+        _rebuild_plugins()
+
+
+def _set_environment(values: Mapping[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @contextlib.contextmanager
-def registered_plugin(plugin: object, name: str | None = None) -> Iterator[str]:
-    """Register a plugin (module or object with hookimpls) for the duration of a ``with`` block."""
+def registered_plugin(plugin: object, name: str | None = None, version: str | None = None) -> Iterator[str]:
+    """Register a plugin (a module, or an object with ``@hookimpl`` methods) inside a ``with`` block.
+
+    It is used exactly like an installed plugin (its hooks run the next time loratk reads the
+    registrations) and unregistered when the block ends, even if the test fails. Yields the name
+    it was registered under: ``name``, else the module's ``__name__``, else the class name.
+    """
     from loratk.plugins import get_plugins
 
     plugins = get_plugins()
-    registered = plugins.register(plugin, name=name)
+    registered = plugins.register(plugin, name=name, version=version)
+    _registered[registered] = (plugin, version)
     try:
         yield registered
     finally:
-        plugins.unregister(registered)
+        _registered.pop(registered, None)
+        get_plugins().unregister(registered)
+
+
+@contextlib.contextmanager
+def installed_plugin(name: str, value: str) -> Iterator[str]:
+    """Inside a ``with`` block, loratk finds the entry point ``name = value`` as if it were installed.
+
+    ``value`` is what an entry point holds, ``"module"`` or ``"module:attribute"``; the module must
+    be importable (e.g. written to a folder on ``sys.path``). It is imported the way loratk imports
+    installed plugins, so import errors are reported as a broken plugin. Afterwards the module is
+    forgotten (removed from ``sys.modules``) and the plugins are reloaded without it.
+    """
+    import importlib.metadata as metadata
+    import sys
+
+    from loratk.plugins.manager import ENTRY_POINT_GROUP
+
+    real_entry_points = metadata.entry_points
+    extra = metadata.EntryPoint(name, value, ENTRY_POINT_GROUP)
+
+    def entry_points(**params):
+        found = real_entry_points(**params)
+        return [*found, extra] if params.get("group") == ENTRY_POINT_GROUP else found
+
+    metadata.entry_points = entry_points
+    try:
+        _rebuild_plugins()
+        yield name
+    finally:
+        metadata.entry_points = real_entry_points
+        sys.modules.pop(value.partition(":")[0], None)
+        _rebuild_plugins()

@@ -15,6 +15,7 @@ from loratk.errors import LoratkError
 COMMANDS = {
     "train": "loratk.cli.train:train",
     "recipes": "loratk.cli.recipes:recipes",
+    "plugins": "loratk.cli.plugins:plugins",
 }
 
 
@@ -38,17 +39,29 @@ def debug_enabled(ctx: click.Context | None = None) -> bool:
     return bool(root and root.obj and root.obj.get("debug"))
 
 
+def plugin_commands() -> dict[str, click.Command]:
+    """Subcommands from plugins' ``register_commands`` hooks; a plugin failure only warns."""
+    from loratk.plugins import get_plugins
+
+    try:
+        registry = get_plugins().commands
+    except Exception as error:  # e.g. two plugins adding one command: loratk's own commands still work
+        click.echo(f"loratk: warning: plugin commands are unavailable: {error}", err=True)
+        return {}
+    return {name: registry[name] for name in registry}
+
+
 class LoratkGroup(click.Group):
-    """Lazily imported commands, and loratk's errors turned into one-line messages."""
+    """Lazily imported commands (loratk's own, then plugins'), and errors as one-line messages."""
 
     def list_commands(self, ctx):
-        return sorted({*COMMANDS, *super().list_commands(ctx)})
+        return sorted({*COMMANDS, *super().list_commands(ctx), *plugin_commands()})
 
     def get_command(self, ctx, name):
         if name in COMMANDS:
             module_name, attribute = COMMANDS[name].split(":")
             return getattr(importlib.import_module(module_name), attribute)
-        return super().get_command(ctx, name)
+        return super().get_command(ctx, name) or plugin_commands().get(name)
 
     def invoke(self, ctx):
         try:

@@ -3,7 +3,7 @@
 A small facade over pluggy with one attribute per kind of registration. Installed plugins are
 found through the ``loratk`` entry-point group; one that fails to import or whose hooks raise is
 recorded as broken (and named in one warning line) while everything else keeps working.
-Set ``LORATK_DISABLE_PLUGINS=name,other`` (or ``all``) to skip installed plugins.
+Set ``LORATK_DISABLE_PLUGINS=name,other`` (or ``all``) to skip installed plugins; built-ins always load.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class PluginInfo:
     builtin: bool
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    disabled: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and not self.disabled
 
 
 def _disabled_names() -> set[str]:
@@ -54,7 +59,7 @@ def _normalise_extension(ext: str) -> str:
 
 
 class LoratkPlugins:
-    """Every registered architecture, dataset format, quantization backend and recipe folder."""
+    """Every registered architecture, dataset format, quantization backend, recipe folder and command."""
 
     def __init__(self, load_entry_points: bool = True):
         self.pm = pluggy.PluginManager("loratk")
@@ -71,6 +76,9 @@ class LoratkPlugins:
                  version: str | None = None) -> str:
         """Register a plugin object or module (what entry points and tests use)."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if name in self.info and self.info[name].active:
+            raise PluginError(f"a plugin named {name!r} is already registered",
+                              "give the new one another name, or unregister the first")
         self.pm.register(plugin, name=name)
         hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
         self.info[name] = PluginInfo(name, version, builtin or is_builtin(name), hooks)
@@ -95,15 +103,19 @@ class LoratkPlugins:
     def _load_entry_points(self) -> None:
         disabled = _disabled_names()
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if "all" in disabled or ep.name in disabled:
-                continue
             version = ep.dist.version if ep.dist is not None else None
+            if ep.name in self.info:  # two installed packages claim one plugin name: keep the first
+                print(f"loratk: warning: more than one installed package provides plugin {ep.name!r}; "
+                      f"skipped the one from {ep.value}", file=sys.stderr)
+                continue
+            if "all" in disabled or ep.name in disabled:
+                self.info[ep.name] = PluginInfo(ep.name, version, False, disabled=True)
+                continue
             try:
                 plugin = ep.load()
+                self.register(plugin, name=ep.name, version=version)
             except Exception as exc:  # a broken plugin must not take the CLI down
                 self._mark_broken(ep.name, version, f"{type(exc).__name__}: {exc}")
-                continue
-            self.register(plugin, name=ep.name, version=version)
 
     # -- collected registrations ---------------------------------------------------------
     def _collect(self) -> None:
@@ -113,10 +125,11 @@ class LoratkPlugins:
         self._dataset_formats: Registry[DatasetFormat] = Registry("dataset format")
         self._quantization: Registry[Callable[[Mapping[str, Any]], Any]] = Registry("quantization backend")
         self._recipe_folders: list[tuple[Path, str]] = []
+        self._commands: Registry[Any] = Registry("command")
         # Built-ins first, so an installed plugin may replace a built-in entry.
         ordered = sorted(self.info.values(), key=lambda i: (not i.builtin, i.name))
         for info in ordered:
-            if info.error is not None:
+            if not info.active:
                 continue
             plugin = self.pm.get_plugin(info.name)
             try:
@@ -147,6 +160,8 @@ class LoratkPlugins:
             self._quantization.add(backend, build, name, override)
 
         def recipes(folder: str | os.PathLike) -> None:
+            if not Path(folder).is_dir():
+                raise NotADirectoryError(f"recipe folder {folder} does not exist")
             self._recipe_folders.append((Path(folder), name))
 
         callbacks = {
@@ -155,10 +170,25 @@ class LoratkPlugins:
             "register_quantization_backends": quantization,
             "register_recipes": recipes,
         }
+        hooks = self.info[name].hooks
         for hook_name, callback in callbacks.items():
-            impl = getattr(plugin, hook_name, None)
-            if impl is not None and hook_name in self.info[name].hooks:
-                impl(register=callback)
+            if hook_name in hooks:
+                getattr(plugin, hook_name)(register=callback)
+        if "register_commands" in hooks:
+            self._collect_commands(plugin, name)
+
+    def _collect_commands(self, plugin: object, name: str) -> None:
+        import click
+
+        from loratk.cli import COMMANDS
+
+        # Each plugin adds to a group of its own, so loratk knows who added which command.
+        group = click.Group(name)
+        plugin.register_commands(cli=group)
+        for command_name, command in group.commands.items():
+            if command_name in COMMANDS:
+                raise ValueError(f"command {command_name!r} is one of loratk's own and cannot be replaced")
+            self._commands.add(command_name, command, name)
 
     @property
     def architectures(self) -> Registry[tuple[str, ...]]:
@@ -179,6 +209,12 @@ class LoratkPlugins:
     def recipe_folders(self) -> list[tuple[Path, str]]:
         self._collect()
         return list(self._recipe_folders)
+
+    @property
+    def commands(self) -> Registry[Any]:
+        """Subcommands (``click.Command``) that plugins added, by name."""
+        self._collect()
+        return self._commands
 
     def format_for_extension(self, extension: str) -> str | None:
         """The dataset format registered for a file extension (latest registration wins)."""

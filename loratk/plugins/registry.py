@@ -29,7 +29,8 @@ class Registry(Generic[T]):
     """One kind of registration (architectures, dataset formats, ...), keyed by name.
 
     A third-party plugin may replace a built-in entry. Two third-party plugins registering the
-    same name is an error naming both, unless the later one passes ``override=True``.
+    same name is an error naming both, unless exactly one of them passes ``override=True``: that
+    one wins, whichever registers first.
     """
 
     def __init__(self, kind: str):
@@ -44,7 +45,10 @@ class Registry(Generic[T]):
             )
         existing = self._entries.get(name)
         if existing is not None and existing.plugin != plugin:
-            if not (override or is_builtin(existing.plugin)):
+            if existing.override and not override and not is_builtin(plugin):
+                existing.replaced.append(plugin)  # the earlier override wins
+                return
+            if existing.override == override and not is_builtin(existing.plugin):
                 raise PluginError(
                     f"{self.kind} {name!r} is registered by both {existing.plugin!r} and {plugin!r}",
                     f"uninstall one of them, disable one with LORATK_DISABLE_PLUGINS={plugin}, "
