@@ -1,0 +1,256 @@
+"""Training throughput: loratk against the common script and TRL, in one run, same model and data.
+
+    python benchmarks/train_throughput.py                 # embedded SmolLM2-135M, ~4k real tokens
+    python benchmarks/train_throughput.py --repeats 3 --tokens 8000 --model ./my-model
+
+Configurations (same LoRA: rank 8, alpha 16, all seven projections; max_seq_length 512; one
+epoch over the same examples; 4 rows per optimizer step):
+  loratk        `loratk train` defaults (whatever they are at the time of the run)
+  seed          transformers Trainer + peft, every example padded to max_seq_length (the original
+                single-script way), fp32
+  trl-fp32      TRL SFTTrainer, packing=True, padding_free=True, fp32
+  trl-bf16      the same in bf16 autocast
+Each configuration runs in its own process (so peak resident memory is its own); repeats are
+interleaved (a, b, c, d, a, b, c, d) so drift in machine load hits all alike. The table shows the
+median real (non-pad) tokens/s, the peak resident set, the ratio to loratk, and model FLOP
+utilisation: LoRA training FLOPs per token (forward plus input-gradient backward through the
+frozen base, 4 x matmul parameters, plus attention) x tokens/s, over the matmul peak measured
+in the same run for that precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import pydoc
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CONFIGS = ("loratk", "seed", "trl-fp32", "trl-bf16")
+MAX_LEN = 512
+BATCH = 4
+
+
+# -- data ------------------------------------------------------------------------------
+def build_dataset(path: Path, tokens: int) -> int:
+    """Instruction rows from the standard library's docstrings: variable length, real text."""
+    import importlib
+
+    rows, approx = [], 0
+    for module_name in ("json", "pathlib", "collections", "itertools", "functools", "textwrap", "argparse",
+                        "subprocess", "shutil", "statistics", "datetime", "random", "re", "string", "csv"):
+        module = importlib.import_module(module_name)
+        for name, obj in sorted(vars(module).items()):
+            doc = inspect.getdoc(obj) if callable(obj) and not name.startswith("_") else None
+            if not doc or len(doc) < 80:
+                continue
+            prompt = f"Explain what {module_name}.{name} does in Python."
+            completion = doc[:1600]
+            rows.append({"prompt": prompt, "completion": completion})
+            approx += (len(prompt) + len(completion)) // 4
+            if approx >= tokens:
+                break
+        if approx >= tokens:
+            break
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
+
+
+# -- workers (each runs in its own process) ------------------------------------------------
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+
+
+def run_loratk(model: str, data: str, out: str) -> dict:
+    from rich.console import Console
+
+    from loratk.config.train_config import TrainConfig
+    from loratk.engine.training import train
+
+    config = TrainConfig(model_name_or_path=model, dataset_path=[data], output_dir=out, num_train_epochs=1,
+                         per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_seq_length=MAX_LEN,
+                         target_modules=",".join(TARGETS), save_steps=10**6, logging_steps=10**6)
+    summary = train(config, Console(file=open(os.devnull, "w"))).summary
+    return {"tokens": summary["tokens_seen"], "seconds": summary["runtime_seconds"],
+            "precision": summary["precision"]}
+
+
+def run_seed(model: str, data: str, out: str) -> dict:
+    from datasets import load_dataset
+    from peft import get_peft_model
+    from transformers import (AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer,
+                              TrainingArguments)
+
+    from loratk.engine.models import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(path)
+    rows = load_dataset("json", data_files=data, split="train")
+    rows = rows.map(lambda r: tokenizer(r["prompt"] + "\n" + r["completion"], truncation=True, max_length=MAX_LEN,
+                                        padding="max_length"), remove_columns=rows.column_names)
+    real = int(sum(sum(mask) for mask in rows["attention_mask"]))
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(path), lora_config())
+    args = TrainingArguments(output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, use_cpu=not
+                             _cuda(), report_to=[], save_strategy="no", logging_steps=10**6, disable_tqdm=True)
+    trainer = Trainer(model=peft_model, args=args, train_dataset=rows,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    start = time.perf_counter()
+    trainer.train()
+    return {"tokens": real, "seconds": time.perf_counter() - start, "precision": "fp32"}
+
+
+def run_trl(model: str, data: str, out: str, bf16: bool) -> dict:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from loratk.engine.models import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(path)
+    rows = load_dataset("json", data_files=data, split="train")
+    args = SFTConfig(output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, max_length=MAX_LEN,
+                     packing=True, padding_free=True, bf16=bf16, use_cpu=not _cuda(), report_to=[],
+                     save_strategy="no", logging_steps=10**6, disable_tqdm=True)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args, train_dataset=rows,
+                         processing_class=tokenizer, peft_config=lora_config())
+    real = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"]))
+    start = time.perf_counter()
+    trainer.train()
+    return {"tokens": real, "seconds": time.perf_counter() - start, "precision": "bf16" if bf16 else "fp32"}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def worker(name: str, model: str, data: str) -> None:
+    from loratk.engine.quiet import quiet_libraries
+
+    quiet_libraries()
+    with tempfile.TemporaryDirectory() as out:
+        if name == "loratk":
+            result = run_loratk(model, data, out)
+        elif name == "seed":
+            result = run_seed(model, data, out)
+        else:
+            result = run_trl(model, data, out, bf16=name == "trl-bf16")
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- the parent: measure peak, run workers interleaved, print the table -------------------------------
+def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of a square matmul in this precision on this machine."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def flops_per_token(model: str, avg_context: float) -> float:
+    """LoRA training FLOPs per token: forward + input-gradient backward through the frozen base."""
+    from loratk.engine.models import load_config, resolve_model_path
+
+    config = load_config(resolve_model_path(model))
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", h // heads)
+    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * inter
+    matmul_params = layers * per_layer + h * config.vocab_size
+    attention = layers * 2 * 2 * avg_context * heads * head_dim  # scores and weighted sum, causal half of 2x
+    return 4 * matmul_params + 2 * attention
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", help="a prompt/completion JSONL file (default: built from stdlib docstrings)")
+    parser.add_argument("--tokens", type=int, default=4000, help="approximate real tokens per run")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.model, args.data)
+
+    from loratk.engine.quiet import quiet_libraries
+
+    quiet_libraries()
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="loratk-bench-"))
+    data = Path(args.data) if args.data else work / "data.jsonl"
+    if not args.data:
+        build_dataset(data, args.tokens)
+    configs = [c for c in args.configs.split(",") if c]
+    peaks = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
+    results: dict[str, list[dict]] = {c: [] for c in configs}
+    for repeat in range(args.repeats):
+        for name in configs:
+            proc = subprocess.run([sys.executable, __file__, "--worker", name, "--model", args.model,
+                                   "--data", str(data)], capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                continue
+            result = json.loads(line[len("RESULT "):])
+            result["rate"] = result["tokens"] / result["seconds"]
+            results[name].append(result)
+            print(f"repeat {repeat + 1}: {name:9s} {result['rate']:8.1f} tok/s  {result['peak_rss_mb']:7.0f} MB",
+                  file=sys.stderr)
+
+    lengths = [len(json.loads(l)["prompt"]) + len(json.loads(l)["completion"]) for l in data.read_text().splitlines()]
+    per_token = flops_per_token(args.model, avg_context=statistics.mean(lengths) / 4 / 2)
+    base = statistics.median(r["rate"] for r in results.get("loratk", [])) if results.get("loratk") else None
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU ' + torch.backends.cpu.get_cpu_capability()}")
+    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s; "
+          f"model: {args.model}; {len(lengths)} examples; {args.repeats} interleaved repeats\n")
+    print(f"| config | precision | real tokens/s | peak RSS MB | speed vs loratk | memory vs loratk | MFU |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    base_mem = statistics.median(r["peak_rss_mb"] for r in results["loratk"]) if results.get("loratk") else None
+    for name in configs:
+        if not results[name]:
+            print(f"| {name} | failed | | | | | |")
+            continue
+        rate = statistics.median(r["rate"] for r in results[name])
+        memory = statistics.median(r["peak_rss_mb"] for r in results[name])
+        precision = results[name][0]["precision"]
+        mfu = rate * per_token / peaks.get(precision, peaks["fp32"])
+        speed = f"{rate / base:.2f}x" if base else "-"
+        mem = f"{memory / base_mem:.2f}x" if base_mem else "-"
+        print(f"| {name} | {precision} | {rate:.1f} | {memory:.0f} | {speed} | {mem} | {100 * mfu:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
