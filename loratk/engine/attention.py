@@ -1,0 +1,79 @@
+"""Attention over packed rows without a mask: each example attends only to itself.
+
+Padding-free packing puts several examples in one row, with ``position_ids`` restarting at 0 at
+each example. transformers then builds a block-diagonal mask, and a masked ``scaled_dot_product_attention``
+falls back to the kernel that materialises the full attention matrix. loratk instead registers
+an attention function that cuts the row at the restarts and runs causal attention on each example
+alone: the memory-efficient (flash) kernel applies, nothing quadratic in the row length is stored,
+and no mask is built at all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "loratk_varlen"
+# Architectures whose attention is plain causal softmax attention called through transformers'
+# attention interface with position_ids passed along (checked by tests/engine/test_attention.py).
+SUPPORTED = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite", "smollm3", "phi3",
+                       "starcoder2", "cohere"})
+
+
+def segment_bounds(position_ids: torch.Tensor) -> list[int]:
+    """Start offsets of the examples in one packed row, plus its length."""
+    starts = (position_ids == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return [*starts, int(position_ids.shape[-1])]
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Causal attention per packed example. Shapes: query (B, H, T, D), key/value (B, KV, T, D)."""
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        raise RuntimeError(f"{NAME} attention needs position_ids (packed batches)")
+    if attention_mask is not None and not isinstance(attention_mask, bool):
+        raise RuntimeError(f"{NAME} attention cannot honour an attention mask; use packed batches without one")
+    if position_ids.dim() == 1:
+        position_ids = position_ids[None]
+    grouped = query.shape[1] != key.shape[1]
+    out = torch.empty_like(query)
+    for row in range(query.shape[0]):
+        bounds = segment_bounds(position_ids[row if position_ids.shape[0] > 1 else 0])
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            span = slice(start, end)
+            out[row, :, span] = F.scaled_dot_product_attention(
+                query[row, :, span], key[row, :, span], value[row, :, span], is_causal=True,
+                dropout_p=dropout, scale=scaling, enable_gqa=grouped)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    return None
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, varlen_attention)
+    AttentionMaskInterface.register(NAME, _no_mask)
+
+
+def use_varlen_attention(model, max_seq_length: int) -> bool:
+    """Switch ``model`` to per-example attention when that is exact for it; report whether it did."""
+    config = model.config
+    if config.model_type not in SUPPORTED:
+        return False
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) and window < max_seq_length:
+        return False
+    if getattr(config, "attention_dropout", 0.0):
+        return False  # dropout in sdpa differs from the eager path; keep the reference behaviour
+    register()
+    try:
+        model.set_attn_implementation(NAME)
+    except (ValueError, AttributeError, ImportError):
+        return False
+    return True

@@ -1,0 +1,51 @@
+"""Per-example attention over packed rows equals running each example alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from loratk.engine.attention import segment_bounds, use_varlen_attention
+
+
+def test_segment_bounds():
+    assert segment_bounds(torch.tensor([0, 1, 2, 0, 1, 0])) == [0, 3, 5, 6]
+    assert segment_bounds(torch.tensor([3, 4, 0, 1])) == [0, 2, 4]  # a row cut mid-example
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "mistral"])
+def test_packed_logits_and_gradients_equal_separate_runs(architecture, tiny_model_factory):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory(architecture))
+    model.config.use_cache = False
+    generator = torch.Generator().manual_seed(0)
+    examples = [torch.randint(0, 300, (1, n), generator=generator) for n in (7, 3, 11)]
+    separate = [model(e).logits for e in examples]
+    separate_loss = sum(out.float().square().mean() for out in separate)
+    separate_loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    assert use_varlen_attention(model, max_seq_length=64)
+    packed = torch.cat(examples, dim=1)
+    positions = torch.cat([torch.arange(e.shape[1]) for e in examples])[None]
+    logits = model(packed, position_ids=positions).logits
+    pieces = torch.split(logits, [e.shape[1] for e in examples], dim=1)
+    for alone, piece in zip(separate, pieces):
+        torch.testing.assert_close(piece, alone, atol=1e-5, rtol=1e-5)
+    sum(piece.float().square().mean() for piece in pieces).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], atol=1e-5, rtol=1e-4)
+
+
+def test_unsupported_architectures_keep_their_attention(tiny_model_factory):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("gpt2"))
+    before = model.config._attn_implementation
+    assert not use_varlen_attention(model, max_seq_length=64)
+    assert model.config._attn_implementation == before
+
+
+def test_a_sliding_window_shorter_than_the_rows_is_not_exact(tiny_model_factory):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("mistral"))
+    model.config.sliding_window = 16
+    assert not use_varlen_attention(model, max_seq_length=64)
