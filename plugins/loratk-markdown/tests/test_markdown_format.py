@@ -7,13 +7,14 @@ import json
 import pytest
 
 from loratk.errors import DataError
-from loratk.testing import build_tiny_model, run_cli
+from loratk.testing import run_cli
 from loratk_markdown import document_paths, load_markdown
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("model"), "llama")
+def model(loratk_tiny_model):
+    """A ~125k-parameter random llama from loratk's pytest fixtures (loratk.testing.build_tiny_model)."""
+    return loratk_tiny_model
 
 
 @pytest.fixture
