@@ -19,7 +19,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("bitsandbytes", "accelerate", "peft", "datasets", "huggingface_hub", "torch.distributed"):
+    for name in ("bitsandbytes", "accelerate", "peft", "datasets", "huggingface_hub", "torch.distributed",
+                 "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -137,3 +137,17 @@ def test_eval_split_reports_eval_loss_and_perplexity(text_data, tiny_model, tmp_
     summary = json.loads((out / "final" / "loratk_summary.json").read_text())
     assert summary["eval_examples"] == 1 and summary["train_examples"] == 3
     assert summary["eval_perplexity"] == pytest.approx(2.718281828 ** summary["eval_loss"], rel=1e-6)
+
+
+def test_a_run_prints_no_library_chatter(text_data, tiny_model, tmp_path):
+    """Only loratk speaks: one progress bar, one summary; no tqdm bars, warnings or log lines."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "loratk", "train", str(text_data), "--model", str(tiny_model),
+                           "--output_dir", str(tmp_path / "o"), "--max_steps", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    noise = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("train ")]
+    assert noise == []
+    assert "loratk train" in proc.stdout and "Warning" not in proc.stdout
