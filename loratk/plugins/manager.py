@@ -21,7 +21,7 @@ import pluggy
 from loratk.errors import PluginError
 from loratk.plugins import hookspecs
 from loratk.plugins.builtin import BUILTIN_PLUGINS
-from loratk.plugins.registry import Registry, is_builtin
+from loratk.plugins.registry import PluginConflictError, Registry, is_builtin
 
 ENTRY_POINT_GROUP = "loratk"
 DISABLE_ENV = "LORATK_DISABLE_PLUGINS"
@@ -56,6 +56,12 @@ def _disabled_names() -> set[str]:
 def _normalise_extension(ext: str) -> str:
     ext = ext.lower()
     return ext if ext.startswith(".") else "." + ext
+
+
+def _check_callable(plugin: str, entry: str, role: str, value: object) -> None:
+    if not callable(value):
+        raise PluginError(f"plugin {plugin!r} gave {entry!r} a {role} that is not callable: {value!r}",
+                          f"pass the function itself, e.g. register({entry!r}, my_{role})")
 
 
 class LoratkPlugins:
@@ -134,7 +140,7 @@ class LoratkPlugins:
             plugin = self.pm.get_plugin(info.name)
             try:
                 self._call_hooks(plugin, info.name)
-            except PluginError:
+            except PluginConflictError:
                 raise
             except Exception as exc:
                 self.unregister(info.name)
@@ -153,10 +159,12 @@ class LoratkPlugins:
             self._architectures.add(model_type, tuple(target_modules), name, override)
 
         def dataset_formats(fmt: str, load: Callable, extensions: Sequence[str] = (), *, override: bool = False) -> None:
-            exts = tuple(_normalise_extension(e) for e in extensions)
+            _check_callable(name, fmt, "load", load)
+            exts = tuple(_normalise_extension(e) for e in ([extensions] if isinstance(extensions, str) else extensions))
             self._dataset_formats.add(fmt, DatasetFormat(fmt, load, exts), name, override)
 
         def quantization(backend: str, build: Callable, *, override: bool = False) -> None:
+            _check_callable(name, backend, "build", build)
             self._quantization.add(backend, build, name, override)
 
         def recipes(folder: str | os.PathLike) -> None:

@@ -12,6 +12,10 @@ T = TypeVar("T")
 BUILTIN_PREFIX = "loratk."
 
 
+class PluginConflictError(PluginError):
+    """Two plugins claim one name: the user must choose, so loratk stops instead of guessing."""
+
+
 def is_builtin(plugin_name: str) -> bool:
     return plugin_name.startswith(BUILTIN_PREFIX)
 
@@ -49,7 +53,7 @@ class Registry(Generic[T]):
                 existing.replaced.append(plugin)  # the earlier override wins
                 return
             if existing.override == override and not is_builtin(existing.plugin):
-                raise PluginError(
+                raise PluginConflictError(
                     f"{self.kind} {name!r} is registered by both {existing.plugin!r} and {plugin!r}",
                     f"uninstall one of them, disable one with LORATK_DISABLE_PLUGINS={plugin}, "
                     "or have one register with override=True",

@@ -34,13 +34,14 @@ def test_register_architectures_sets_default_targets(tiny_model):
     assert "gate_proj" in resolve_target_modules(model, None)
 
 
-def test_register_architectures_rejects_a_string_of_targets(capsys):
+def test_register_architectures_with_a_string_of_targets_marks_the_plugin_broken(capsys):
     def register_architectures(register):
         register("odd", "q_proj")
 
     with registered_plugin(plugin(register_architectures=register_architectures), name="odd"):
-        with pytest.raises(Exception, match="target_modules 'q_proj'"):
-            get_plugins().architectures
+        plugins = get_plugins()
+        assert "odd" not in plugins.architectures and "llama" in plugins.architectures
+        assert "gave target_modules 'q_proj' for 'odd'" in plugins.info["odd"].error
 
 
 def load_lines(source, options):
@@ -164,3 +165,21 @@ def test_register_commands_clash_leaves_loratk_commands_working():
     assert result.exit_code == 0
     assert "train" in result.stdout and "hello" not in result.stdout
     assert "'greeter-a' and 'greeter-b'" in result.stderr
+
+
+def test_register_dataset_formats_needs_a_callable_loader(capsys):
+    def register_dataset_formats(register):
+        register("broken-format", "load_me", extensions=".bf")
+
+    with registered_plugin(plugin(register_dataset_formats=register_dataset_formats), name="uncallable"):
+        plugins = get_plugins()
+        assert "broken-format" not in plugins.dataset_formats
+        assert "gave 'broken-format' a load that is not callable" in plugins.info["uncallable"].error
+
+
+def test_register_dataset_formats_accepts_one_extension_as_a_string():
+    def register_dataset_formats(register):
+        register("single", load_lines, extensions="SGL")
+
+    with registered_plugin(plugin(register_dataset_formats=register_dataset_formats)):
+        assert get_plugins().dataset_formats["single"].extensions == (".sgl",)
