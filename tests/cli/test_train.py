@@ -151,3 +151,10 @@ def test_a_run_prints_no_library_chatter(text_data, tiny_model, tmp_path):
     noise = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("train ")]
     assert noise == []
     assert "loratk train" in proc.stdout and "Warning" not in proc.stdout
+
+
+def test_report_to_tensorboard_writes_event_files(text_data, tiny_model, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = train(text_data, tiny_model, tmp_path / "o", "--max_steps", "2", "--report_to", "tensorboard")
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
