@@ -12,18 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def tiny_model_factory(tmp_path_factory):
+def tiny_model_factory(loratk_tiny_model_factory):
     """Build (once per session) a tiny random model of an architecture and return its folder."""
-    from loratk.testing import build_tiny_model
-
-    built: dict[str, Path] = {}
-
-    def make(architecture: str = "llama") -> Path:
-        if architecture not in built:
-            built[architecture] = build_tiny_model(tmp_path_factory.mktemp(f"tiny-{architecture}"), architecture)
-        return built[architecture]
-
-    return make
+    return loratk_tiny_model_factory
 
 
 @pytest.fixture(scope="session")

@@ -45,8 +45,16 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
+        import torch
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        # peft upcasts what stays unquantized (embeddings, norms, head) for bitsandbytes only; do it
+        # for every backend so those layers meet the fp32 adapters in fp32. Quantized tensors are
+        # subclasses (or integer dtypes) and are left alone.
+        for param in model.parameters():
+            if param.dtype in (torch.float16, torch.bfloat16) and type(param.data) is torch.Tensor:
+                param.data = param.data.float()
     elif config.gradient_checkpointing:
         model.enable_input_require_grads()
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,

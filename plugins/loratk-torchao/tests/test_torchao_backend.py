@@ -33,9 +33,6 @@ def trained(model, tmp_path_factory):
     return folder / "out" / "final"
 
 
-@pytest.mark.xfail(strict=True, reason="loratk's engine keeps a torchao base's unquantized layers in bf16 "
-                                       "while LoRA runs in fp32 (peft upcasts them for bitsandbytes only); "
-                                       "remove this mark once attach_lora upcasts them for every backend")
 def test_training_in_bf16(model, tmp_path):
     result = train(model, tmp_path, "--bf16")
     assert result.exit_code == 0, result.output
