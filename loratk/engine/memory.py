@@ -1,0 +1,331 @@
+"""Peak memory of a LoRA/QLoRA training step, from the model's shapes and the run's options.
+
+The model is counted as ``loratk train`` runs it: the storage dtype train picks, peft's fp32
+adapters, transformers' loss (logits upcast to fp32), sdpa/eager attention, bitsandbytes'
+4-bit/8-bit layers after ``prepare_model_for_kbit_training``. Each term is what autograd keeps
+for backward, read off real runs (docs/memory.md lists them and benchmarks/memory_accuracy.py
+checks the total against measured peaks). Everything here is arithmetic: no tensor is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from loratk.engine.meta_model import LinearGroup, linear_groups, lora_parameter_count, targeted_names
+from loratk.errors import UsageError
+
+GiB = 2**30
+CUDA_CONTEXT_BYTES = GiB // 2  # CUDA context, cuBLAS/cuDNN workspaces and kernels
+ALLOCATOR_SLACK = 0.10  # PyTorch's caching allocator reserves more than it hands out
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw-8bit": 2, "sgd": 0}
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+# Storage of the built-in quantization backends when their build callable does not say.
+BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
+BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
+UNKNOWN_BACKEND_BITS = 8.0
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a model that decide its training memory."""
+
+    model_type: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    linears: tuple[LinearGroup, ...]
+    head_params: int  # output head (0 when tied to the embeddings)
+    other_params: int  # embeddings, norms, biases outside the Linear modules
+    norms_per_layer: int
+    gated_mlp: bool
+    logit_softcap: bool
+    attn_softcap: bool
+
+    @property
+    def linear_params(self) -> int:
+        return sum(g.parameters for g in self.linears)
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The options of a run that change its memory."""
+
+    batch_size: int = 4
+    seq_len: int = 512
+    rank: int = 8
+    targets: tuple[str, ...] | str = "all-linear"
+    lora_dropout: float = 0.05
+    precision: str = "bf16"  # compute precision: bf16, fp16 or fp32
+    device: str = "cuda"
+    quantization: str | None = None
+    bits_per_weight: float | None = None
+    row_scale_bytes: int = 0
+    gradient_checkpointing: bool = False
+    gradient_accumulation_steps: int = 1
+    optimizer: str = "adamw"
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class Component:
+    name: str
+    bytes: float
+    detail: str = ""
+
+
+@dataclass
+class MemoryEstimate:
+    components: list[Component]
+    phase: str
+    settings: MemorySettings
+    trainable_parameters: int
+
+    @property
+    def tensor_bytes(self) -> float:
+        """The peak of tensor allocations (what torch.cuda.max_memory_allocated reports)."""
+        return sum(c.bytes for c in self.components if c.name != "framework overhead")
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(c.bytes for c in self.components)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_bytes": round(self.total_bytes), "tensor_peak_bytes": round(self.tensor_bytes),
+                "peak_phase": self.phase, "trainable_parameters": self.trainable_parameters,
+                "components": [{"name": c.name, "bytes": round(c.bytes), "detail": c.detail} for c in self.components],
+                "settings": dataclasses.asdict(self.settings)}
+
+
+def model_shape(model) -> ModelShape:
+    """Read the shapes of a (meta) model."""
+    config = model.config
+    groups = tuple(linear_groups(model))
+    head = model.get_output_embeddings()
+    embed = model.get_input_embeddings()
+    tied = head is not None and head.weight is embed.weight
+    head_params = 0 if head is None or tied else head.weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    hidden = config.hidden_size
+    layers = config.num_hidden_layers
+    norms = sum(1 for name, m in model.named_modules()
+                if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None
+                and m.weight.numel() == hidden)
+    heads = config.num_attention_heads
+    names = {g.name for g in groups}
+    return ModelShape(
+        model_type=config.model_type, layers=layers, hidden=hidden,
+        intermediate=getattr(config, "intermediate_size", None) or 4 * hidden,
+        heads=heads, kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or hidden // heads, vocab=config.vocab_size,
+        linears=groups, head_params=head_params,
+        other_params=total - head_params - sum(g.parameters for g in groups),
+        norms_per_layer=max(0, norms - 1) // max(1, layers),
+        gated_mlp=bool(names & {"gate_proj", "gate_up_proj", "w1", "w3"}),
+        logit_softcap=bool(getattr(config, "final_logit_softcapping", None)),
+        attn_softcap=bool(getattr(config, "attn_logit_softcapping", None)),
+    )
+
+
+def quantization_storage(name: str | None) -> tuple[float | None, int]:
+    """Bits per quantized weight and bytes per output row of a backend (plugins may set both)."""
+    if name is None:
+        return None, 0
+    from loratk.config.suggest import did_you_mean
+    from loratk.plugins import get_plugins
+
+    backends = get_plugins().quantization_backends
+    if name not in backends:
+        raise UsageError(f"unknown quantization backend {name!r}{did_you_mean(name, backends)}",
+                         f"choose one of: {', '.join(backends)} (or install a plugin that adds it)")
+    build = backends[name]
+    bits = getattr(build, "bits_per_weight", None) or BUILTIN_BITS.get(name)
+    rows = getattr(build, "row_scale_bytes", None) or BUILTIN_ROW_SCALE_BYTES.get(name, 0)
+    return float(bits) if bits else None, int(rows)
+
+
+def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
+    """The peak and what it is made of: the largest of the loss backward, a layer's backward and the step."""
+    quantized = s.quantization is not None
+    autocast = s.precision in ("bf16", "fp16")
+    # Storage dtype as `loratk train` picks it; prepare_model_for_kbit_training upcasts the rest to fp32.
+    if s.device == "cuda":
+        storage = 2 if autocast else 4
+    else:
+        storage = 2 if autocast and quantized else 4
+    unquantized = 4 if quantized else storage
+    compute = 2 if autocast else storage
+    residual = 4 if quantized else storage
+    linear_out = residual if quantized else compute
+    tokens = s.batch_size * s.seq_len
+
+    bits = s.bits_per_weight or UNKNOWN_BACKEND_BITS
+    if quantized:
+        rows = sum(g.count * g.out_features for g in shape.linears)
+        linear_bytes = shape.linear_params * bits / 8 + rows * s.row_scale_bytes
+        weight_detail = (f"{shape.linear_params / 1e9:.3g}B params of Linear layers at {bits:.3f} bits "
+                         f"({s.quantization}), {(shape.other_params + shape.head_params) / 1e9:.3g}B in fp32 "
+                         "(embeddings, LM head, norms)")
+        if s.bits_per_weight is None:
+            weight_detail += f"; backend gives no bits_per_weight, assumed {UNKNOWN_BACKEND_BITS:g}"
+    else:
+        linear_bytes = shape.linear_params * storage
+        weight_detail = f"{(shape.linear_params + shape.other_params + shape.head_params) / 1e9:.3g}B params " \
+                        f"in {_dtype_name(storage)}"
+    weights = linear_bytes + (shape.other_params + shape.head_params) * unquantized
+
+    targets = s.targets if s.targets == "all-linear" else list(s.targets)
+    trainable = lora_parameter_count(list(shape.linears), targets, s.rank)
+    adapters = trainable * 4  # peft keeps adapters in fp32
+    grads = trainable * 4
+    states = trainable * OPTIMIZER_STATE_BYTES[s.optimizer]
+    grads_at_backward = grads if s.gradient_accumulation_steps > 1 else 0
+
+    layer = _layer_activations(shape, s, tokens, compute, linear_out, targets)
+    weight_casts = 0.0
+    if autocast and not quantized and storage != compute:
+        # Frozen fp32 weights are cast for every matmul and the cast is kept for backward.
+        layer_linears = shape.linear_params / max(1, shape.layers)
+        weight_casts = compute * (shape.head_params or shape.vocab * shape.hidden)
+        weight_casts += compute * layer_linears * (1 if s.gradient_checkpointing else shape.layers)
+    final_norm = tokens * shape.hidden * 4
+    if s.gradient_checkpointing:
+        saved = shape.layers * tokens * shape.hidden * residual + final_norm
+        act_detail = f"{shape.layers} layer inputs kept, one layer recomputed at a time"
+    else:
+        saved = shape.layers * layer + final_norm
+        act_detail = f"{layer / 2**20:,.1f} MiB per layer x {shape.layers} layers"
+
+    logits = tokens * shape.vocab * (3 * 4 + (compute if shape.logit_softcap else 0))
+    transient = 3 * tokens * shape.intermediate * linear_out
+    if quantized:
+        transient += max(g.in_features * g.out_features for g in shape.linears) * compute
+    recomputed = layer if s.gradient_checkpointing else 0
+    persistent = weights + adapters + states + grads_at_backward
+    phases = {
+        "loss backward": persistent + saved + weight_casts + logits,
+        "decoder layer backward": persistent + saved + weight_casts + recomputed + transient,
+        "optimizer step": weights + adapters + grads + states + trainable * 4,
+    }
+    phase = max(phases, key=phases.get)
+    components = [
+        Component("base weights", weights, weight_detail),
+        Component("LoRA parameters", adapters, f"{trainable:,} trainable params in fp32"),
+        Component("LoRA gradients", grads if phase == "optimizer step" else grads_at_backward,
+                  "fp32; kept across gradient accumulation steps"),
+        Component("optimizer states", states, f"{s.optimizer}: {OPTIMIZER_STATE_BYTES[s.optimizer]} B per param"),
+    ]
+    if phase != "optimizer step":
+        extra = recomputed if phase == "decoder layer backward" else 0
+        components.append(Component("activations", saved + extra, act_detail))
+        if weight_casts:
+            components.append(Component("weight casts for backward", weight_casts,
+                                        f"fp32 weights cast to {_dtype_name(compute)} under autocast"))
+    if phase == "loss backward":
+        components.append(Component("logits and loss", logits,
+                                    f"{tokens:,} tokens x {shape.vocab:,} vocab in fp32, 3 copies in backward"))
+    elif phase == "decoder layer backward":
+        components.append(Component("backward temporaries", transient, "gradients inside the MLP"
+                                    + (" and one dequantized weight" if quantized else "")))
+    elif phase == "optimizer step":
+        components.append(Component("optimizer temporaries", trainable * 4, "one fp32 copy of the adapters"))
+    if s.device == "cuda":
+        slack = ALLOCATOR_SLACK * sum(c.bytes for c in components)
+        components.append(Component("framework overhead", CUDA_CONTEXT_BYTES + slack,
+                                    f"CUDA context ~{CUDA_CONTEXT_BYTES / GiB:.1f} GiB + "
+                                    f"{ALLOCATOR_SLACK:.0%} caching-allocator slack"))
+    return MemoryEstimate(components, phase, s, trainable)
+
+
+def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, compute: int, linear_out: int,
+                       targets) -> float:
+    """Bytes one decoder layer keeps for backward."""
+    norms = shape.norms_per_layer * tokens * shape.hidden * 4  # RMSNorm keeps its fp32 input
+    q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    attention = tokens * (2 * q_width + 2 * kv_width) * compute + s.batch_size * shape.heads * s.seq_len * 4
+    if s.attn_implementation == "eager":
+        scores = s.batch_size * shape.heads * s.seq_len * s.seq_len
+        attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head
+        attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
+    mlp = (3 if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
+    # Per adapted module: the dropout mask (bool on CUDA, fp32 on CPU), the input lora_A keeps, lora_A's output.
+    mask = (1 if s.device == "cuda" else 4) if s.lora_dropout > 0 else 0
+    lora = 0.0
+    chosen = set(targeted_names(list(shape.linears), targets))
+    for group in shape.linears:
+        if group.name in chosen:
+            per_layer = group.count / max(1, shape.layers)
+            lora += per_layer * tokens * (group.in_features * (mask + compute) + s.rank * compute)
+    return norms + attention + mlp + lora
+
+
+def _dtype_name(size: int) -> str:
+    return {2: "bf16/fp16", 4: "fp32"}.get(size, f"{size}-byte")
+
+
+def largest_fitting(shape: ModelShape, s: MemorySettings, budget: float, field: str, upper: int) -> int:
+    """The largest ``batch_size`` or ``seq_len`` (up to ``upper``) whose total fits ``budget``; 0 if none."""
+    def fits(value: int) -> bool:
+        return estimate(shape, dataclasses.replace(s, **{field: value})).total_bytes <= budget
+
+    if not fits(1):
+        return 0
+    low, high = 1, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "adamw",
+                 attn_implementation: str = "sdpa") -> MemorySettings:
+    """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``."""
+    from loratk.engine.targets import resolve_target_modules
+
+    if config.fp16:
+        if device != "cuda":
+            raise UsageError("--fp16 needs a CUDA GPU", "use --bf16 or leave both out with --device cpu")
+        precision = "fp16"
+    elif device == "cuda":
+        precision = "fp32" if config.bf16 is False else "bf16"
+    else:
+        from loratk.engine.precision import choose_precision
+
+        precision = choose_precision(config.bf16, config.fp16)
+    targets = resolve_target_modules(meta_model, config.target_module_list())
+    bits, row_bytes = quantization_storage(config.quantization_name)
+    return MemorySettings(
+        batch_size=config.per_device_train_batch_size, seq_len=config.max_seq_length, rank=config.lora_rank,
+        targets=targets if isinstance(targets, str) else tuple(targets), lora_dropout=config.lora_dropout,
+        precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
+        row_scale_bytes=row_bytes, gradient_checkpointing=config.gradient_checkpointing,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
+        attn_implementation=attn_implementation)
+
+
+def measure_peak_bytes(run) -> int:
+    """Peak bytes of tensor storage allocated while ``run()`` executes (CUDA: the caching allocator's
+    count; CPU: the running sum of the profiler's allocation and free events)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        run()
+        return torch.cuda.max_memory_allocated() - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
+    current = peak = 0
+    for _, size in events:
+        current += size
+        peak = max(peak, current)
+    return peak
