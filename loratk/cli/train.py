@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from loratk.cli.options import explicit_values, train_config_options
@@ -13,19 +15,25 @@ Examples:
   loratk train --recipe llama2-7b-4bit data.json --model_name_or_path ./Llama-2-7b-hf
   loratk train --model_name_or_path Qwen/Qwen2.5-0.5B --dataset_path a.jsonl --dataset_path b.csv --use_4bit
   loratk train --recipe out/loratk_run.yaml --output_dir out2      # reproduce a run
+  loratk train alpaca.json --dry-run          # see the trained (highlighted) and masked tokens
 """
 
 
 @click.command(epilog=EXAMPLES, context_settings={"max_content_width": 100})
 @click.argument("dataset", nargs=-1)
 @click.option("--recipe", help="A recipe name (see 'loratk recipes') or a YAML file; flags override it.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Only load, format and tokenize the data (no model weights) and show what would be trained.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the data statistics as JSON.")
 @train_config_options()
 @click.pass_context
-def train(ctx: click.Context, dataset: tuple[str, ...], recipe: str | None, **params) -> None:
+def train(ctx: click.Context, dataset: tuple[str, ...], recipe: str | None, dry_run: bool, as_json: bool,
+          **params) -> None:
     """Fine-tune a causal LM with LoRA (or QLoRA) and save a PEFT adapter to OUTPUT_DIR/final.
 
-    DATASET is a JSON/JSONL/CSV/Parquet file, a save_to_disk folder or a Hub dataset id
-    (same as --dataset_path). With no model given, the embedded SmolLM2-135M-Instruct is used.
+    DATASET is a JSON/JSONL/CSV/Parquet/TXT file, a save_to_disk folder or a Hub dataset id
+    (same as --dataset_path); rows are text, Alpaca, prompt/completion, messages or ShareGPT
+    (see docs/data.md). With no model given, the embedded SmolLM2-135M-Instruct is used.
     """
     from loratk.config.recipes import resolve_config
 
@@ -35,6 +43,18 @@ def train(ctx: click.Context, dataset: tuple[str, ...], recipe: str | None, **pa
     config = resolve_config(recipe, given)
 
     from rich.console import Console
+
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run")
+    if dry_run:
+        from loratk.engine.data.preview import dry_run as preview_data, print_report
+
+        report = preview_data(config)
+        if as_json:
+            click.echo(json.dumps(report.stats, indent=2, ensure_ascii=False))
+        else:
+            print_report(report, Console())
+        return
 
     from loratk.engine.training import train as run_training
 
@@ -57,7 +77,9 @@ def print_summary(summary: dict, final_dir) -> None:
     rows = [
         ("base model", summary["base_model"]),
         ("examples", f"{summary['train_examples']} train, {summary['eval_examples']} eval, "
-                     f"{summary['truncated_examples']} truncated"),
+                     f"{summary['truncated_examples']} truncated, {summary.get('dropped_examples', 0)} dropped"),
+        ("packing", (f"on, {100 * summary['packing_efficiency']:.1f}% of token slots used" if summary.get("packing")
+                     else summary.get("packing_note", "off"))),
         ("trainable parameters", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
                                  f"({100 * summary['trainable_parameters'] / summary['total_parameters']:.3f}%)"),
         ("precision", summary["precision"]),

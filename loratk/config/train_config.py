@@ -30,10 +30,19 @@ class TrainConfig:
     model_name_or_path: str | None = _opt(
         None, f"Base model: local folder, Hub id or {EMBEDDED_MODEL!r} (the embedded default).", aliases=["--model"])
     dataset_path: list[str] = _opt([], "Data file, folder or Hub dataset id; repeat to mix several.", multiple=True)
-    dataset_format: str | None = _opt(None, "Force a dataset format (json, jsonl, csv, parquet, hub, disk, or a plugin's).")
+    dataset_format: str | None = _opt(
+        None, "Force the row format (text, alpaca, prompt_completion, messages, sharegpt) or the file format "
+        "(json, jsonl, csv, parquet, txt, hub, disk, or a plugin's).")
     dataset_config: str | None = _opt(None, "Configuration name of a Hub dataset.")
     dataset_split: str = _opt("train", "Split of a Hub dataset or save_to_disk folder.")
     text_column: str = _opt("text", "Column holding plain training text.")
+    eval_dataset_path: list[str] = _opt([], "Evaluation data, formatted like the training data; repeat to mix.",
+                                        multiple=True)
+    train_on_inputs: bool = _opt(False, "Also take the loss on prompts and user turns (default: responses only).",
+                                 flag=True)
+    drop_long: bool = _opt(False, "Drop examples longer than max_seq_length instead of truncating them.", flag=True)
+    packing: bool | None = _opt(None, "Pack several examples per row, attention kept per example "
+                                "(default: on wherever that is exact for the model).", flag=True, negatable=True)
     output_dir: str = _opt("lora-output", "Where checkpoints, metrics and the final adapter go.")
     # LoRA
     lora_rank: int = _opt(8, "LoRA rank r.")
@@ -112,6 +121,8 @@ class TrainConfig:
             problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.eval_split < 1:
             problems.append(f"eval_split must be in [0, 1), got {self.eval_split}")
+        if self.eval_split and self.eval_dataset_path:
+            problems.append("eval_split and eval_dataset_path exclude each other; choose one")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must not be negative, got {self.weight_decay}")
         if self.max_steps == 0 or self.max_steps < -1:

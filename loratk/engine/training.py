@@ -62,7 +62,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool):
     return get_peft_model(model, lora)
 
 
-def training_arguments(config: TrainConfig, precision: str, has_eval: bool):
+def training_arguments(config: TrainConfig, precision: str, has_eval: bool, group_by_length: bool = False):
     import torch
     from transformers import TrainingArguments
 
@@ -99,6 +99,7 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool):
         include_num_input_tokens_seen="non_padding",
         prediction_loss_only=True,  # evaluation needs the loss only, never the logits
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",  # padded batches
     )
 
 
@@ -149,6 +150,7 @@ def train(config: TrainConfig, console) -> TrainResult:
                        device_map=device_map_for_quantized() if quantization else None,
                        quant_storage=dtype if using_fsdp() else None)
     model.config.use_cache = False  # padding-free batches need it, and training never uses the cache
+    data.arrange_for(model, config.per_device_train_batch_size)  # packed where exact, else padded
     targets = resolve_target_modules(model, config.target_module_list())
     torch.manual_seed(config.seed)
     model = attach_lora(model, config, targets, quantized=quantization is not None)
@@ -167,7 +169,8 @@ def train(config: TrainConfig, console) -> TrainResult:
         else:
             keep_metrics_until(metrics.path, int(resume_from.name.rsplit("-", 1)[1]))
     stopper = StopOnSignal()
-    trainer = LoratkTrainer(model=model, args=training_arguments(config, precision, data.eval is not None),
+    trainer = LoratkTrainer(model=model, args=training_arguments(config, precision, data.eval is not None,
+                                                                    group_by_length=not data.stats["packing"]),
                             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
                             data_collator=data.collator,
                             callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper])

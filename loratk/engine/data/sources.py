@@ -40,22 +40,23 @@ def choose_format(source: str, forced: str | None = None) -> str:
     return "hub"  # "name" or "owner/name": a Hugging Face Hub dataset id
 
 
+def load_source(source: str, options: Mapping[str, Any], forced: str | None = None):
+    """One source as a ``datasets.Dataset``, read by the dataset format it calls for."""
+    from loratk.plugins import get_plugins
+
+    data = get_plugins().dataset_formats[choose_format(source, forced)].load(source, options)
+    if len(data) == 0:
+        raise DataError(f"dataset {source} is empty", "add at least one example")
+    return data
+
+
 def load_sources(sources: Sequence[str], options: Mapping[str, Any], forced: str | None = None):
     """Load every source and concatenate them into one dataset."""
     from datasets import concatenate_datasets
 
-    from loratk.plugins import get_plugins
-
     if not sources:
         raise UsageError("no dataset given", "pass a data file, e.g. loratk train data.jsonl (or --dataset_path)")
-    formats = get_plugins().dataset_formats
-    parts = []
-    for source in sources:
-        name = choose_format(source, forced)
-        data = formats[name].load(source, options)
-        if len(data) == 0:
-            raise DataError(f"dataset {source} is empty", "add at least one example")
-        parts.append(data)
+    parts = [load_source(source, options, forced) for source in sources]
     if len(parts) == 1:
         return parts[0]
     try:

@@ -1,4 +1,5 @@
-"""Built-in data sources: JSON, JSONL, CSV, Parquet files, Hub dataset ids and save_to_disk folders.
+"""Built-in data sources: JSON, JSONL, CSV, Parquet and plain-text files, Hub dataset ids and
+save_to_disk folders.
 
 JSON and JSONL are parsed here rather than by ``datasets`` so a malformed file is reported with
 the line and column where it breaks.
@@ -7,6 +8,7 @@ the line and column where it breaks.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,6 +71,14 @@ def load_jsonl(source: str, options: Mapping[str, Any]):
     return _rows_to_dataset(rows, source)
 
 
+def load_txt(source: str, options: Mapping[str, Any]):
+    """Plain text, one example per paragraph: examples are separated by blank lines."""
+    text = Path(source).read_text(encoding="utf-8").replace("\r\n", "\n")
+    examples = [part.strip("\n") for part in re.split(r"\n[ \t]*\n", text) if part.strip()]
+    column = options.get("text_column") or "text"
+    return _rows_to_dataset([{column: example} for example in examples], source)
+
+
 def _load_with_builder(builder: str, source: str):
     from datasets import load_dataset
 
@@ -117,5 +127,6 @@ def register_dataset_formats(register):
     register("jsonl", load_jsonl, extensions=[".jsonl", ".ndjson"])
     register("csv", load_csv, extensions=[".csv"])
     register("parquet", load_parquet, extensions=[".parquet", ".pq"])
+    register("txt", load_txt, extensions=[".txt"])
     register("disk", load_disk)
     register("hub", load_hub)

@@ -1,0 +1,116 @@
+"""Padding-free packing: several examples per row, each attending only to itself.
+
+Examples are packed best-fit (longest first, each into the fullest row it still fits) into rows of
+at most ``max_seq_length`` tokens. ``position_ids`` restart at 0 at every example and batches
+carry no ``attention_mask``: transformers then builds a per-example causal mask from the
+restarts (``masking_utils.find_packed_sequence_indices``; only without a mask and without a KV
+cache, hence ``use_cache=False``). The first label of each example is masked, so no example is
+trained to predict its first token from the one before it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from bisect import bisect_left, insort
+from typing import Any, Sequence
+
+from loratk.engine.data.tokenize import IGNORE_INDEX
+
+# Attention implementations that honour the packed per-example mask or cut rows at restarts.
+EXACT_ATTENTION = frozenset({"eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3",
+                             "loratk_varlen"})
+_MASK_BUILDERS = ("create_causal_mask", "create_sliding_window_causal_mask", "create_masks_for_generate")
+
+
+def best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows of total length at most ``capacity``."""
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (space left, row), sorted
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        size = lengths[index]
+        slot = bisect_left(free, (size, -1))
+        if slot < len(free):
+            space, row = free.pop(slot)
+            rows[row].append(index)
+        else:
+            row, space = len(rows), capacity
+            rows.append([index])
+        if space - size > 0:
+            insort(free, (space - size, row))
+    return rows
+
+
+def pack_rows(examples, capacity: int):
+    """A dataset of packed rows (input_ids, labels, position_ids, length) from tokenized examples."""
+    from datasets import Dataset
+
+    lengths = list(examples["length"])
+    all_ids, all_labels = list(examples["input_ids"]), list(examples["labels"])
+    packed: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "length": []}
+    for members in best_fit(lengths, capacity):
+        ids, labels, positions = [], [], []
+        for index in members:
+            ids += all_ids[index]
+            labels += [IGNORE_INDEX, *all_labels[index][1:]]
+            positions += range(lengths[index])
+        for key, value in zip(packed, (ids, labels, positions, len(ids))):
+            packed[key].append(value)
+    return Dataset.from_dict(packed)
+
+
+def packing_efficiency(lengths: Sequence[int], capacity: int) -> float:
+    """Real tokens / token slots when packed into rows of ``capacity``."""
+    rows = best_fit(lengths, capacity)
+    return sum(lengths) / (len(rows) * capacity) if rows else 0.0
+
+
+def padded_efficiency(lengths: Sequence[int], batch_size: int) -> float:
+    """Real tokens / token slots for padded batches of similar lengths."""
+    ordered = sorted(lengths)
+    slots = sum(max(ordered[i:i + batch_size]) * len(ordered[i:i + batch_size])
+                for i in range(0, len(ordered), batch_size))
+    return sum(lengths) / slots if slots else 0.0
+
+
+def packing_blocker(model) -> str | None:
+    """Why packing would not be exact for ``model`` (None: it is exact)."""
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return class_packing_blocker(type(inner), getattr(inner.config, "_attn_implementation", None))
+
+
+def class_packing_blocker(model_class: type, attention: str | None) -> str | None:
+    """Why packing would not be exact for a model class with this attention implementation."""
+    attention = attention or "eager"
+    if attention not in EXACT_ATTENTION:
+        return f"attention implementation {attention!r} ignores position_ids"
+    if "position_ids" not in inspect.signature(model_class.forward).parameters:
+        return f"{model_class.__name__} takes no position_ids"
+    try:
+        source = inspect.getsource(inspect.getmodule(model_class))
+    except (OSError, TypeError):
+        return f"cannot check how {model_class.__name__} builds its attention mask"
+    if not any(builder in source for builder in _MASK_BUILDERS):
+        return f"{model_class.__name__} does not build per-example masks from position_ids"
+    return None
+
+
+class PackedCollator:
+    """Stack packed rows, padding the shorter ones with a final segment nothing attends to."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(r["input_ids"]) for r in rows)
+        input_ids, labels, positions = [], [], []
+        for r in rows:
+            pad = longest - len(r["input_ids"])
+            input_ids.append(list(r["input_ids"]) + [self.pad_token_id] * pad)
+            labels.append(list(r["labels"]) + [IGNORE_INDEX] * pad)
+            positions.append(list(r["position_ids"]) + list(range(pad)))  # padding starts its own segment
+        return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
+                "labels": torch.tensor(labels, dtype=torch.long),
+                "position_ids": torch.tensor(positions, dtype=torch.long)}
