@@ -30,7 +30,24 @@ def _rows_to_dataset(rows: list, source: str):
     try:
         return Dataset.from_list(rows)
     except Exception as exc:  # pyarrow type clashes between rows
-        raise DataError(f"cannot build a table from {source}: {exc}", "give every row the same fields and types") from exc
+        row = _first_clashing_row(rows)
+        raise DataError(f"row {row} of {source} does not have the field types of the rows before it: {exc}",
+                        "give every row the same fields and types (e.g. strings stay strings)") from exc
+
+
+def _first_clashing_row(rows: list) -> int:
+    """The 1-based number of the first row that cannot join a table with the rows before it."""
+    from datasets import Dataset
+
+    good, bad = 1, len(rows)  # rows[:good] builds, rows[:bad] does not
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        try:
+            Dataset.from_list(rows[:middle])
+            good = middle
+        except Exception:
+            bad = middle
+    return bad
 
 
 def load_json(source: str, options: Mapping[str, Any]):

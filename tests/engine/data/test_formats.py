@@ -1,0 +1,70 @@
+"""Row formats: detected from the columns, and bad rows reported with their row number."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loratk.config.train_config import TrainConfig
+from loratk.engine.data.formats import detect_format
+from loratk.engine.data.pipeline import prepare_data
+from loratk.errors import DataError
+
+
+@pytest.mark.parametrize("columns, expected", [
+    (["text"], "text"),
+    (["instruction", "input", "output"], "alpaca"),
+    (["instruction", "output"], "alpaca"),
+    (["prompt", "completion"], "prompt_completion"),
+    (["messages"], "messages"),
+    (["conversations", "id"], "sharegpt"),
+])
+def test_format_is_detected_from_the_columns(columns, expected):
+    assert detect_format(columns) == expected
+
+
+def test_unknown_columns_are_named():
+    with pytest.raises(DataError, match="columns are: question, answer"):
+        detect_format(["question", "answer"], source="qa.jsonl")
+
+
+GOOD_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ({"prompt": "2+2=", "completion": ""}, "row 3 of .*: 'completion' is empty"),
+    ({"prompt": "2+2=", "completion": 4}, "row 3 of .*does not have the field types of the rows before it"),
+    ({"instruction": "add", "input": "1 2"}, "row 3 of .*: the 'output' field is missing"),
+    ({"instruction": "add", "input": "1 2", "output": None}, "row 3 of .*: the 'output' field is missing"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]},
+     "row 3 of .*, turn 2: unknown role 'bot'"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "row 3 of .*: the chat has no assistant turn"),
+    ({"messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "x"}]},
+     "row 3 of .*does not have the field types"),
+    ({"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "yo"}]},
+     "row 3 of .*, turn 2: unknown role 'robot'"),
+])
+def test_bad_rows_name_their_row_number(bad_row, message, tmp_path, tiny_tokenizer):
+    good = {key: value for key, value in {
+        "prompt": {"prompt": "1+1=", "completion": "2"},
+        "instruction": {"instruction": "add", "input": "1 1", "output": "2"},
+        "messages": GOOD_CHAT,
+        "conversations": {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+    }.items() if key in bad_row}
+    good_row = next(iter(good.values()))
+    path = tmp_path / "data.jsonl"
+    rows = [good_row, good_row, bad_row, good_row]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = TrainConfig.from_mapping({"dataset_path": [str(path)]})
+    with pytest.raises(DataError, match=message):
+        prepare_data(config, tiny_tokenizer)
+
+
+def test_forcing_a_row_format_overrides_detection(tmp_path, tiny_tokenizer):
+    path = tmp_path / "both.jsonl"
+    path.write_text(json.dumps({"text": "plain words", "prompt": "p", "completion": "c"}) + "\n", encoding="utf-8")
+    forced = prepare_data(TrainConfig.from_mapping({"dataset_path": [str(path)], "dataset_format": "text"}),
+                          tiny_tokenizer)
+    detected = prepare_data(TrainConfig.from_mapping({"dataset_path": [str(path)]}), tiny_tokenizer)
+    assert (forced.kind, detected.kind) == ("text", "prompt_completion")
