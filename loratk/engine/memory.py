@@ -25,6 +25,7 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
 BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
 UNKNOWN_BACKEND_BITS = 8.0
+LOSS_CHUNK_ROWS = 1024  # loratk.engine.loss.DEFAULT_CHUNK
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ModelShape:
     norms_per_layer: int
     gated_mlp: bool
     logit_softcap: bool
+    fused_loss: bool  # loratk's chunked loss (no full logits) applies to this model
     attn_softcap: bool
 
     @property
@@ -129,7 +131,17 @@ def model_shape(model) -> ModelShape:
         gated_mlp=bool(names & {"gate_proj", "gate_up_proj", "w1", "w3"}),
         logit_softcap=bool(getattr(config, "final_logit_softcapping", None)),
         attn_softcap=bool(getattr(config, "attn_logit_softcapping", None)),
+        fused_loss=_fused_loss_applies(model),
     )
+
+
+def _fused_loss_applies(model) -> bool:
+    from loratk.engine.loss import head_weight_if_fusable
+
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.requires_grad_(False)  # frozen under LoRA, as in a real run
+    return head_weight_if_fusable(model) is not None
 
 
 def quantization_storage(name: str | None) -> tuple[float | None, int]:
@@ -201,14 +213,22 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         saved = shape.layers * layer + final_norm
         act_detail = f"{layer / 2**20:,.1f} MiB per layer x {shape.layers} layers"
 
-    logits = tokens * shape.vocab * (3 * 4 + (compute if shape.logit_softcap else 0))
+    if shape.fused_loss:
+        # Chunked loss: fp32 logits, their shifted copy and the probabilities of one chunk of rows,
+        # plus the final hidden states, their trained rows and the gradient kept for them.
+        rows = min(tokens, LOSS_CHUNK_ROWS)
+        logits = rows * shape.vocab * 3 * 4 + 3 * tokens * shape.hidden * residual
+        logits_detail = f"{rows:,} of {tokens:,} tokens at a time x {shape.vocab:,} vocab in fp32 (chunked loss)"
+    else:
+        logits = tokens * shape.vocab * (3 * 4 + (compute if shape.logit_softcap else 0))
+        logits_detail = f"{tokens:,} tokens x {shape.vocab:,} vocab in fp32, 3 copies in backward"
     transient = 3 * tokens * shape.intermediate * linear_out
     if quantized:
         transient += max(g.in_features * g.out_features for g in shape.linears) * compute
     recomputed = layer if s.gradient_checkpointing else 0
     persistent = weights + adapters + states + grads_at_backward
     phases = {
-        "loss backward": persistent + saved + weight_casts + logits,
+        "loss": persistent + saved + weight_casts + logits,
         "decoder layer backward": persistent + saved + weight_casts + recomputed + transient,
         "optimizer step": weights + adapters + grads + states + trainable * 4,
     }
@@ -226,9 +246,8 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         if weight_casts:
             components.append(Component("weight casts for backward", weight_casts,
                                         f"fp32 weights cast to {_dtype_name(compute)} under autocast"))
-    if phase == "loss backward":
-        components.append(Component("logits and loss", logits,
-                                    f"{tokens:,} tokens x {shape.vocab:,} vocab in fp32, 3 copies in backward"))
+    if phase == "loss":
+        components.append(Component("logits and loss", logits, logits_detail))
     elif phase == "decoder layer backward":
         components.append(Component("backward temporaries", transient, "gradients inside the MLP"
                                     + (" and one dequantized weight" if quantized else "")))
@@ -280,32 +299,6 @@ def largest_fitting(shape: ModelShape, s: MemorySettings, budget: float, field: 
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
     return low
-
-
-def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "adamw",
-                 attn_implementation: str = "sdpa") -> MemorySettings:
-    """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``."""
-    from loratk.engine.targets import resolve_target_modules
-
-    if config.fp16:
-        if device != "cuda":
-            raise UsageError("--fp16 needs a CUDA GPU", "use --bf16 or leave both out with --device cpu")
-        precision = "fp16"
-    elif device == "cuda":
-        precision = "fp32" if config.bf16 is False else "bf16"
-    else:
-        from loratk.engine.precision import choose_precision
-
-        precision = choose_precision(config.bf16, config.fp16)
-    targets = resolve_target_modules(meta_model, config.target_module_list())
-    bits, row_bytes = quantization_storage(config.quantization_name)
-    return MemorySettings(
-        batch_size=config.per_device_train_batch_size, seq_len=config.max_seq_length, rank=config.lora_rank,
-        targets=targets if isinstance(targets, str) else tuple(targets), lora_dropout=config.lora_dropout,
-        precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
-        row_scale_bytes=row_bytes, gradient_checkpointing=config.gradient_checkpointing,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
-        attn_implementation=attn_implementation)
 
 
 def measure_peak_bytes(run) -> int:

@@ -7,6 +7,7 @@ other Hub id (its config is fetched, or read from the Hugging Face cache).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,9 @@ def resolve_config(name: str | None, trust_remote_code: bool = False) -> tuple[A
     if canonical_id(name) is not None:
         return _registry_config(name), "built-in registry"
     path = resolve_model_path(name)  # raises for path-shaped names that do not exist
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # the error below says it in one line
     try:
         return load_config(path, trust_remote_code), "Hugging Face Hub"
     except ModelError as exc:
@@ -89,6 +93,8 @@ def resolve_config(name: str | None, trust_remote_code: bool = False) -> tuple[A
             "pass a folder holding config.json, a recipe name, or one of the built-in models "
             "(e.g. meta-llama/Llama-2-7b-hf; see docs/memory.md)",
         ) from exc
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _registry_config(hub_id: str):
@@ -181,3 +187,29 @@ def module_tree(model, max_depth: int | None = None) -> list[tuple[int, str, str
         own = sum(p.numel() for p in module.parameters(recurse=False))
         rows.append((depth, name or "(model)", type(module).__name__, own))
     return rows
+
+
+def module_report(meta: MetaModel, requested: list[str] | str | None, rank: int, tree: bool = False) -> dict:
+    """What ``loratk inspect-modules`` shows, as plain data: groups, defaults, the LoRA count."""
+    from loratk.engine.targets import resolve_target_modules
+
+    model = meta.model
+    groups = linear_groups(model)
+    auto = resolve_target_modules(model, None)
+    targets = resolve_target_modules(model, requested)
+    chosen = set(targeted_names(groups, targets))
+    total = parameter_count(model)
+    trainable = lora_parameter_count(groups, targets, rank)
+    report = {
+        "model": meta.name, "source": meta.source, "model_type": model.config.model_type,
+        "total_parameters": total,
+        "linear_modules": [{"name": g.name, "in_features": g.in_features, "out_features": g.out_features,
+                            "count": g.count, "parameters": g.parameters, "targeted": g.name in chosen}
+                           for g in groups],
+        "auto_targets": auto if isinstance(auto, str) else list(auto),
+        "lora": {"rank": rank, "target_modules": targets if isinstance(targets, str) else list(targets),
+                 "trainable_parameters": trainable, "trainable_percent": 100 * trainable / (total + trainable)},
+    }
+    if tree:
+        report["tree"] = [{"depth": d, "name": n, "class": c, "parameters": p} for d, n, c, p in module_tree(model)]
+    return report

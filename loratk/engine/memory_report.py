@@ -1,0 +1,58 @@
+"""What ``loratk estimate-memory`` reports: a run's settings from its TrainConfig, the estimate, the fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loratk.engine.memory import (ATTENTION_IMPLEMENTATIONS, MemorySettings, estimate, largest_fitting,
+                                  model_shape, quantization_storage)
+from loratk.errors import UsageError
+
+
+def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "adamw",
+                 attn_implementation: str = "sdpa") -> MemorySettings:
+    """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``."""
+    from loratk.engine.targets import resolve_target_modules
+
+    if config.fp16:
+        if device != "cuda":
+            raise UsageError("--fp16 needs a CUDA GPU", "use --bf16 or leave both out with --device cpu")
+        precision = "fp16"
+    elif device == "cuda":
+        precision = "fp32" if config.bf16 is False else "bf16"
+    else:
+        from loratk.engine.precision import choose_precision
+
+        precision = choose_precision(config.bf16, config.fp16)
+    targets = resolve_target_modules(meta_model, config.target_module_list())
+    bits, row_bytes = quantization_storage(config.quantization_name)
+    return MemorySettings(
+        batch_size=config.per_device_train_batch_size, seq_len=config.max_seq_length, rank=config.lora_rank,
+        targets=targets if isinstance(targets, str) else tuple(targets), lora_dropout=config.lora_dropout,
+        precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
+        row_scale_bytes=row_bytes, gradient_checkpointing=config.gradient_checkpointing,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
+        attn_implementation=attn_implementation)
+
+
+def memory_report(meta, config, *, device: str = "cuda", optimizer: str = "adamw",
+                  attn_implementation: str | None = None, budget: int | None = None) -> dict[str, Any]:
+    """The estimate as plain data; with ``budget`` (bytes) also whether it fits and the largest batch/length."""
+    model = meta.model
+    if attn_implementation is None:
+        chosen = getattr(model.config, "_attn_implementation", None)
+        attn_implementation = chosen if chosen in ATTENTION_IMPLEMENTATIONS else "sdpa"
+    settings = settings_for(model, config, device, optimizer, attn_implementation)
+    shape = model_shape(model)
+    result = estimate(shape, settings)
+    report = {"model": meta.name, "source": meta.source, **result.to_dict()}
+    if budget is not None:
+        longest = getattr(model.config, "max_position_embeddings", None) or 131072
+        report["fit"] = {
+            "gpu_memory_bytes": budget,
+            "fits": result.total_bytes <= budget,
+            "largest_batch_size": largest_fitting(shape, settings, budget, "batch_size", 4096),
+            "largest_seq_length": largest_fitting(shape, settings, budget, "seq_len", longest),
+            "max_position_embeddings": longest,
+        }
+    return report
