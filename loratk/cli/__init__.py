@@ -16,6 +16,8 @@ COMMANDS = {
     "train": "loratk.cli.train:train",
     "recipes": "loratk.cli.recipes:recipes",
     "plugins": "loratk.cli.plugins:plugins",
+    "generate": "loratk.cli.generate:generate",
+    "merge": "loratk.cli.merge:merge",
 }
 
 

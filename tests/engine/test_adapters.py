@@ -16,8 +16,10 @@ from loratk.errors import ModelError, UsageError
 TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj"]
 
 
-def make_adapter(base: Path, folder: Path, seed: int, rank: int = 4) -> Path:
-    """A LoRA adapter with random non-zero B (so it changes outputs), saved like train saves one."""
+def make_adapter(base: Path, folder: Path, seed: int, rank: int = 4, b_scale: float = 1.0) -> Path:
+    """A LoRA adapter with random non-zero B (so it changes outputs), saved like train saves one.
+
+    ``b_scale`` shrinks B towards the size training gives it on a real model."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -26,6 +28,10 @@ def make_adapter(base: Path, folder: Path, seed: int, rank: int = 4) -> Path:
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=rank, lora_alpha=4 * rank, target_modules=TARGETS, init_lora_weights=False))
     model.peft_config["default"].base_model_name_or_path = str(base)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(b_scale)
     model.save_pretrained(folder)
     return folder
 

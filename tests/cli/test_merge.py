@@ -1,0 +1,161 @@
+"""loratk merge: train -> generate -> merge -> plain transformers gives the same text; combinations; bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from loratk.testing import run_cli
+from tests.cli.test_generate import plain_greedy
+from tests.engine.test_adapters import make_adapter
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("merge-adapters")
+    return make_adapter(tiny_model, folder / "a", 1), make_adapter(tiny_model, folder / "b", 2)
+
+
+def logits(model, text="the quick brown fox"):
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+    with torch.inference_mode():
+        return model(**tokenizer(text, return_tensors="pt")).logits
+
+
+def load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_train_generate_merge_gives_the_same_greedy_text(tiny_model, text_data, tmp_path):
+    out = tmp_path / "run"
+    trained = run_cli(["train", str(text_data), "--model", str(tiny_model), "--output_dir", str(out), "--max_steps", "4",
+                       "--learning_rate", "5e-2", "--lora_rank", "4", "--per_device_train_batch_size", "4",
+                       "--gradient_accumulation_steps", "1", "--no-bf16"])
+    assert trained.exit_code == 0, trained.output
+    adapter = out / "final"
+    with_adapter = run_cli(["generate", "--adapter", str(adapter), "--prompt", "the secret word", "--max_new_tokens", "8"])
+    base = run_cli(["generate", "--model", str(tiny_model), "--prompt", "the secret word", "--max_new_tokens", "8"])
+    assert with_adapter.exit_code == 0 and base.exit_code == 0
+    assert with_adapter.stdout != base.stdout  # training changed the greedy answer
+
+    merged = tmp_path / "merged"
+    result = run_cli(["merge", "--adapter", str(adapter), "--output_dir", str(merged), "--max_shard_size", "100KB"])
+    assert result.exit_code == 0, result.output
+    assert "passed" in result.stdout and "peak memory" in result.stdout
+    assert len(list(merged.glob("model-*.safetensors"))) > 1 and (merged / "model.safetensors.index.json").is_file()
+    assert (merged / "chat_template.jinja").is_file() or "chat_template" in (merged / "tokenizer_config.json").read_text()
+    assert not list(merged.glob("adapter_*"))
+    info = json.loads((merged / "loratk_merge.json").read_text())
+    assert info["max_logit_diff"] < 1e-4
+    # plain transformers, no peft, no loratk: the merged folder answers exactly like the adapter
+    assert plain_greedy(merged, None, "the secret word") + "\n" == with_adapter.stdout
+    via_loratk = run_cli(["generate", "--model", str(merged), "--prompt", "the secret word", "--max_new_tokens", "8"])
+    assert via_loratk.stdout == with_adapter.stdout
+    generation_config = json.loads((merged / "generation_config.json").read_text())
+    eos = generation_config["eos_token_id"]
+    from transformers import AutoTokenizer
+
+    im_end = AutoTokenizer.from_pretrained(merged).convert_tokens_to_ids("<|im_end|>")
+    assert im_end == eos or im_end in eos
+
+
+def test_two_adapters_combined_as_a_model_and_as_an_adapter(adapters, tmp_path):
+    import torch
+    from peft import PeftModel
+
+    a, b = adapters
+    merged, adapter_only = tmp_path / "merged", tmp_path / "adapter"
+    common = ["--adapter", str(a), "--adapter", str(b), "--weights", "0.7,0.3", "--combination", "cat"]
+    assert run_cli(["merge", *common, "--output_dir", str(merged)]).exit_code == 0
+    result = run_cli(["merge", *common, "--adapter-only", "--output_dir", str(adapter_only)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((merged / "loratk_merge.json").read_text())
+    assert (info["combination"], info["weights"], info["adapters"]) == ("cat", [0.7, 0.3], ["a", "b"])
+    config = json.loads((adapter_only / "adapter_config.json").read_text())
+    assert config["r"] == 8  # cat stacks the two rank-4 adapters
+    base = load(config["base_model_name_or_path"])
+    combined = logits(PeftModel.from_pretrained(base, adapter_only))
+    torch.testing.assert_close(combined, logits(load(merged)), atol=1e-4, rtol=0)
+    single = tmp_path / "single"
+    assert run_cli(["merge", "--adapter", str(a), "--output_dir", str(single)]).exit_code == 0
+    assert not torch.allclose(logits(load(single)), combined, atol=1e-3)
+
+
+@pytest.mark.parametrize("combination", ["linear", "ties", "dare_ties", "svd"])
+def test_other_combinations_merge_and_verify(combination, adapters, tmp_path):
+    result = run_cli(["merge", "--adapter", str(adapters[0]), "--adapter", str(adapters[1]),
+                      "--combination", combination, "--output_dir", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m" / "loratk_merge.json").read_text())["combination"] == combination
+
+
+def test_existing_output_is_refused_unless_overwrite(adapters, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    refused = run_cli(["merge", "--adapter", str(adapters[0]), "--output_dir", str(target)])
+    assert refused.exit_code == 2 and "already exists" in refused.stderr
+    assert (target / "keep.txt").read_text() == "mine"
+    replaced = run_cli(["merge", "--adapter", str(adapters[0]), "--output_dir", str(target), "--overwrite"])
+    assert replaced.exit_code == 0 and not (target / "keep.txt").exists() and (target / "config.json").is_file()
+
+
+def test_failed_verification_leaves_no_output(adapters, tmp_path, monkeypatch):
+    from loratk.engine import merging
+
+    monkeypatch.setattr(merging, "FP32_TOLERANCE", -1.0)
+    monkeypatch.setattr(merging, "FP32_RELATIVE_TOLERANCE", -1.0)
+    result = run_cli(["merge", "--adapter", str(adapters[0]), "--output_dir", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "differs from the adapter model" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # not even a temporary folder
+
+
+def test_adapter_trained_on_4bit_is_merged_into_the_unquantized_base(adapters, tmp_path):
+    qlora = tmp_path / "qlora"
+    shutil.copytree(adapters[0], qlora)
+    (qlora / "loratk_summary.json").write_text(json.dumps({"hyperparameters": {"quantization": "bnb-4bit"}}))
+    result = run_cli(["merge", "--adapter", str(qlora), "--output_dir", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "trained on a bnb-4bit base" in result.stderr and "unquantized" in result.stderr
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "quantization_config" not in config
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "0.5"], "--weights has 1 values for 2 adapters"),
+    (["--weights", "a,b"], "is not a comma-separated list"),
+])
+def test_weights_that_do_not_match_the_adapters(args, message, adapters, tmp_path):
+    result = run_cli(["merge", "--adapter", str(adapters[0]), "--adapter", str(adapters[1]), *args,
+                      "--output_dir", str(tmp_path / "m")])
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_model_folder_is_not_an_adapter(tiny_model, tmp_path):
+    result = run_cli(["merge", "--adapter", str(tiny_model), "--output_dir", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "is not an adapter folder" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_embedded_model_generate_merge_round_trip(tmp_path):
+    from loratk.engine.embedded import embedded_model_dir
+
+    base = embedded_model_dir()
+    adapter = make_adapter(base, tmp_path / "adapter", 5, b_scale=0.5)
+    prompt = ["--prompt", "What is the capital of France?", "--max_new_tokens", "6"]
+    with_adapter = run_cli(["generate", "--adapter", str(adapter), *prompt])
+    plain = run_cli(["generate", *prompt])  # no options at all: the embedded default
+    assert with_adapter.exit_code == 0 and plain.exit_code == 0, with_adapter.output + plain.output
+    assert with_adapter.stdout != plain.stdout
+    merged = tmp_path / "merged"
+    assert run_cli(["merge", "--adapter", str(adapter), "--output_dir", str(merged)]).exit_code == 0
+    assert run_cli(["generate", "--model", str(merged), *prompt]).stdout == with_adapter.stdout
