@@ -1,0 +1,41 @@
+"""The --dry-run report: trained tokens highlighted, masked ones dimmed, statistics that add up."""
+
+from __future__ import annotations
+
+import json
+
+from loratk.config.train_config import TrainConfig
+from loratk.engine.data.preview import dry_run, print_report
+
+
+def chat_file(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong 🏓"}]}] * 3
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_report_marks_exactly_the_trained_text(tmp_path, tiny_model):
+    report = dry_run(TrainConfig.from_mapping({"dataset_path": [str(chat_file(tmp_path))],
+                                               "model_name_or_path": str(tiny_model)}), examples_shown=2)
+    assert len(report.examples) == 2
+    runs = report.examples[0]
+    assert [text for text, trained in runs if trained] == ["pong 🏓<|im_end|>"]
+    assert "".join(text for text, _ in runs) == "<|im_start|>user\nping<|im_end|>\n<|im_start|>assistant\npong 🏓<|im_end|>\n"
+    stats = report.stats
+    assert stats["examples"] == 3 and stats["packing"] is True and stats["packed_rows"] == 1
+    assert stats["packing_efficiency"] == round(stats["tokens"] / 512, 4)
+
+
+def test_printed_report_highlights_trained_and_dims_masked_tokens(tmp_path, tiny_model):
+    from rich.console import Console
+
+    report = dry_run(TrainConfig.from_mapping({"dataset_path": [str(chat_file(tmp_path))],
+                                               "model_name_or_path": str(tiny_model)}), examples_shown=1)
+    console = Console(record=True, force_terminal=True, color_system="standard", width=100)
+    print_report(report, console)
+    styled = console.export_text(styles=True, clear=False)
+    assert "\x1b[1;32mpong 🏓<|im_end|>" in styled  # bold green: trained
+    assert "\x1b[2m<|im_start|>user" in styled  # dim: masked
+    plain = console.export_text()
+    assert "3 of 3 rows" in plain and "token lengths" in plain
