@@ -16,6 +16,8 @@ COMMANDS = {
     "train": "loratk.cli.train:train",
     "recipes": "loratk.cli.recipes:recipes",
     "plugins": "loratk.cli.plugins:plugins",
+    "inspect-modules": "loratk.cli.inspect_modules:inspect_modules",
+    "estimate-memory": "loratk.cli.estimate_memory:estimate_memory",
     "generate": "loratk.cli.generate:generate",
     "merge": "loratk.cli.merge:merge",
 }

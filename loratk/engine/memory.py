@@ -216,8 +216,10 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     if shape.fused_loss:
         # Chunked loss: fp32 logits, their shifted copy and the probabilities of one chunk of rows,
         # plus the final hidden states, their trained rows and the gradient kept for them.
+        # From the second chunk on, the previous chunk's probabilities are still alive.
         rows = min(tokens, LOSS_CHUNK_ROWS)
-        logits = rows * shape.vocab * 3 * 4 + 3 * tokens * shape.hidden * residual
+        copies = 3 if tokens <= LOSS_CHUNK_ROWS else 4
+        logits = rows * shape.vocab * copies * 4 + 3 * tokens * shape.hidden * residual
         logits_detail = f"{rows:,} of {tokens:,} tokens at a time x {shape.vocab:,} vocab in fp32 (chunked loss)"
     else:
         logits = tokens * shape.vocab * (3 * 4 + (compute if shape.logit_softcap else 0))
