@@ -19,8 +19,11 @@ def choose_format(source: str, forced: str | None = None) -> str:
     formats = plugins.dataset_formats
     if forced:
         if forced not in formats:
-            raise UsageError(f"unknown dataset format {forced!r}{did_you_mean(forced, formats)}",
-                             f"choose one of: {', '.join(formats)}")
+            from loratk.engine.data.formats import ROW_FORMATS
+
+            known = [*ROW_FORMATS, *formats]
+            raise UsageError(f"unknown dataset format {forced!r}{did_you_mean(forced, known)}",
+                             f"choose a row format ({', '.join(ROW_FORMATS)}) or a file format ({', '.join(formats)})")
         return forced
     path = Path(source).expanduser()
     if path.is_dir():

@@ -68,3 +68,28 @@ def test_forcing_a_row_format_overrides_detection(tmp_path, tiny_tokenizer):
                           tiny_tokenizer)
     detected = prepare_data(TrainConfig.from_mapping({"dataset_path": [str(path)]}), tiny_tokenizer)
     assert (forced.kind, detected.kind) == ("text", "prompt_completion")
+
+
+def test_unknown_dataset_format_suggests_row_and_file_formats(tmp_path, tiny_tokenizer):
+    from loratk.errors import UsageError
+
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="unknown dataset format 'alpacca'.*alpaca") as caught:
+        prepare_data(TrainConfig.from_mapping({"dataset_path": [str(path)], "dataset_format": "alpacca"}),
+                     tiny_tokenizer)
+    assert "sharegpt" in caught.value.hint and "parquet" in caught.value.hint
+
+
+def test_eval_split_and_eval_dataset_path_exclude_each_other():
+    from loratk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_split and eval_dataset_path exclude each other"):
+        TrainConfig.from_mapping({"eval_split": 0.1, "eval_dataset_path": ["e.jsonl"]})
+
+
+def test_a_field_that_is_not_a_string_in_every_row_is_named():
+    from loratk.engine.data.formats import to_example
+
+    with pytest.raises(DataError, match="row 4 of x.jsonl: 'completion' is int 4, not a string"):
+        to_example({"prompt": "2+2=", "completion": 4}, "prompt_completion", "row 4 of x.jsonl")
