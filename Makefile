@@ -16,7 +16,7 @@ install:
 
 demo: install
 	loratk train examples/data.jsonl --output_dir demo-output --overwrite \
-		--num_train_epochs 15 --learning_rate 1e-3 --gradient_accumulation_steps 1 --per_device_train_batch_size 4 --logging_steps 5
+		--num_train_epochs 10 --learning_rate 1e-3 --gradient_accumulation_steps 1 --per_device_train_batch_size 4 --logging_steps 5
 	$(PYTHON) examples/show_adapter.py demo-output/final
 
 test: install

@@ -35,7 +35,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
-            logits = (hidden[rows] @ weight.T).float()
+            logits = (hidden[rows].to(weight.dtype) @ weight.T).float()  # the head's precision, as the model would
             log_norm = torch.logsumexp(logits, dim=-1)
             target = targets[rows]
             total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()

@@ -11,9 +11,23 @@ class LoratkTrainer(Trainer):
     def __init__(self, *args, fused_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.head_weight = head_weight_if_fusable(self.model) if fused_loss else None
+        self.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
         if self.head_weight is not None:
             # compute_loss below normalises by the tokens of the whole accumulated batch.
             self.loss_is_scaled_for_ga = True
+
+    def _track_num_input_tokens(self, inputs):
+        """Count real tokens: packed rows carry no attention mask, and their padding (which
+        may share its id with the end-of-sequence token) is one final segment of pad ids."""
+        if "attention_mask" in inputs or "position_ids" not in inputs:
+            return super()._track_num_input_tokens(inputs)
+        import torch
+
+        real = inputs["input_ids"].numel() - sum(_tail_padding(row_ids, row_pos, row_labels, self.pad_token_id)
+                                                 for row_ids, row_pos, row_labels in
+                                                 zip(inputs["input_ids"], inputs["position_ids"], inputs["labels"]))
+        count = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(count).sum().item()
 
     @property
     def uses_fused_loss(self) -> bool:
@@ -30,3 +44,14 @@ class LoratkTrainer(Trainer):
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+
+def _tail_padding(ids, positions, labels, pad_token_id) -> int:
+    """Length of the padding segment a packed row ends with (0 when it has none)."""
+    starts = (positions == 0).nonzero().flatten()
+    if pad_token_id is None or len(starts) < 2:
+        return 0
+    tail = slice(int(starts[-1]), None)
+    if bool((ids[tail] == pad_token_id).all()) and bool((labels[tail] == -100).all()):
+        return int(ids[tail].numel())
+    return 0

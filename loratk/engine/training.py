@@ -122,6 +122,7 @@ def train(config: TrainConfig, console) -> TrainResult:
     import torch
     from transformers.trainer_callback import PrinterCallback
 
+    from loratk.engine.attention import use_varlen_attention
     from loratk.engine.checkpoints import MarkCompleteCheckpoints, discard_incomplete
     from loratk.engine.data.pipeline import prepare_data
     from loratk.engine.distributed import device_map_for_quantized, is_main_process, using_fsdp, world_size
@@ -142,14 +143,16 @@ def train(config: TrainConfig, console) -> TrainResult:
     data = prepare_data(config, tokenizer)
     precision = choose_precision(config.bf16, config.fp16)
     quantization = config.quantization_name
-    on_gpu = torch.cuda.is_available()
-    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32") if on_gpu else (
-        "bfloat16" if precision == "bf16" and quantization else "float32")
+    # The frozen base is stored in the compute precision (half the memory, no per-step casts);
+    # peft keeps the trainable adapters in fp32 as master weights.
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
     model = load_model(model_path, quantization=quantization, dtype=dtype,
                        trust_remote_code=config.trust_remote_code,
                        device_map=device_map_for_quantized() if quantization else None,
                        quant_storage=dtype if using_fsdp() else None)
     model.config.use_cache = False  # padding-free batches need it, and training never uses the cache
+    if config.packing is not False:
+        use_varlen_attention(model, config.max_seq_length)  # per-example attention, where exact
     data.arrange_for(model, config.per_device_train_batch_size)  # packed where exact, else padded
     targets = resolve_target_modules(model, config.target_module_list())
     torch.manual_seed(config.seed)
@@ -201,6 +204,7 @@ def train(config: TrainConfig, console) -> TrainResult:
         "target_modules": targets,
         "precision": precision,
         "fused_loss": trainer.uses_fused_loss,
+        "attention": model.get_base_model().config._attn_implementation,
         "world_size": world_size(),
         "global_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size(),
         "runtime_seconds": output.metrics.get("train_runtime"),
