@@ -20,7 +20,7 @@ GiB = 2**30
 CUDA_CONTEXT_BYTES = GiB // 2  # CUDA context, cuBLAS/cuDNN workspaces and kernels
 ALLOCATOR_SLACK = 0.10  # PyTorch's caching allocator reserves more than it hands out
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw-8bit": 2, "sgd": 0}
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager", "loratk_varlen")
 # Storage of the built-in quantization backends when their build callable does not say.
 BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
 BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
@@ -165,11 +165,8 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     """The peak and what it is made of: the largest of the loss backward, a layer's backward and the step."""
     quantized = s.quantization is not None
     autocast = s.precision in ("bf16", "fp16")
-    # Storage dtype as `loratk train` picks it; prepare_model_for_kbit_training upcasts the rest to fp32.
-    if s.device == "cuda":
-        storage = 2 if autocast else 4
-    else:
-        storage = 2 if autocast and quantized else 4
+    # `loratk train` stores the frozen base in the compute precision; what stays unquantized is fp32.
+    storage = 2 if autocast else 4
     unquantized = 4 if quantized else storage
     compute = 2 if autocast else storage
     residual = 4 if quantized else storage
@@ -199,12 +196,6 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     grads_at_backward = grads if s.gradient_accumulation_steps > 1 else 0
 
     layer = _layer_activations(shape, s, tokens, compute, linear_out, targets)
-    weight_casts = 0.0
-    if autocast and not quantized and storage != compute:
-        # Frozen fp32 weights are cast for every matmul and the cast is kept for backward.
-        layer_linears = shape.linear_params / max(1, shape.layers)
-        weight_casts = compute * (shape.head_params or shape.vocab * shape.hidden)
-        weight_casts += compute * layer_linears * (1 if s.gradient_checkpointing else shape.layers)
     final_norm = tokens * shape.hidden * 4
     if s.gradient_checkpointing:
         saved = shape.layers * tokens * shape.hidden * residual + final_norm
@@ -230,8 +221,8 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     recomputed = layer if s.gradient_checkpointing else 0
     persistent = weights + adapters + states + grads_at_backward
     phases = {
-        "loss": persistent + saved + weight_casts + logits,
-        "decoder layer backward": persistent + saved + weight_casts + recomputed + transient,
+        "loss": persistent + saved + logits,
+        "decoder layer backward": persistent + saved + recomputed + transient,
         "optimizer step": weights + adapters + grads + states + trainable * 4,
     }
     phase = max(phases, key=phases.get)
@@ -245,9 +236,6 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     if phase != "optimizer step":
         extra = recomputed if phase == "decoder layer backward" else 0
         components.append(Component("activations", saved + extra, act_detail))
-        if weight_casts:
-            components.append(Component("weight casts for backward", weight_casts,
-                                        f"fp32 weights cast to {_dtype_name(compute)} under autocast"))
     if phase == "loss":
         components.append(Component("logits and loss", logits, logits_detail))
     elif phase == "decoder layer backward":
@@ -269,6 +257,9 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
     norms = shape.norms_per_layer * tokens * shape.hidden * 4  # RMSNorm keeps its fp32 input
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     attention = tokens * (2 * q_width + 2 * kv_width) * compute + s.batch_size * shape.heads * s.seq_len * 4
+    if s.attn_implementation == "loratk_varlen":
+        # Packed rows, attention per example: head-wide keys/values, per-example outputs and the output buffer.
+        attention += tokens * (5 * q_width - 2 * kv_width) * compute
     if s.attn_implementation == "eager":
         scores = s.batch_size * shape.heads * s.seq_len * s.seq_len
         attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head

@@ -40,8 +40,7 @@ def memory_report(meta, config, *, device: str = "cuda", optimizer: str = "adamw
     """The estimate as plain data; with ``budget`` (bytes) also whether it fits and the largest batch/length."""
     model = meta.model
     if attn_implementation is None:
-        chosen = getattr(model.config, "_attn_implementation", None)
-        attn_implementation = chosen if chosen in ATTENTION_IMPLEMENTATIONS else "sdpa"
+        attn_implementation = default_attention(model, config)
     settings = settings_for(model, config, device, optimizer, attn_implementation)
     shape = model_shape(model)
     result = estimate(shape, settings)
@@ -56,3 +55,13 @@ def memory_report(meta, config, *, device: str = "cuda", optimizer: str = "adamw
             "max_position_embeddings": longest,
         }
     return report
+
+
+def default_attention(model, config) -> str:
+    """The attention ``loratk train`` runs: per-example attention over packed rows where that is exact."""
+    from loratk.engine.attention import use_varlen_attention
+
+    if getattr(config, "packing", None) is not False and use_varlen_attention(model, config.max_seq_length):
+        return "loratk_varlen"
+    chosen = getattr(model.config, "_attn_implementation", None)
+    return chosen if chosen in ATTENTION_IMPLEMENTATIONS else "sdpa"

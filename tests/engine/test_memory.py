@@ -112,7 +112,7 @@ def test_estimate_matches_a_measured_training_run(tmp_path):
     from rich.console import Console
 
     from loratk.config.train_config import TrainConfig
-    from loratk.engine.memory_report import settings_for
+    from loratk.engine.memory_report import default_attention, settings_for
     from loratk.engine.training import train
     from loratk.testing import build_tiny_model
 
@@ -126,5 +126,6 @@ def test_estimate_matches_a_measured_training_run(tmp_path):
         logging_steps=1, save_steps=100))
     measured = measure_peak_bytes(lambda: train(config, Console(quiet=True)))
     meta = build_meta_model(str(model))
-    estimated = estimate(model_shape(meta.model), settings_for(meta.model, config, device="cpu")).tensor_bytes
+    settings = settings_for(meta.model, config, device="cpu", attn_implementation=default_attention(meta.model, config))
+    estimated = estimate(model_shape(meta.model), settings).tensor_bytes
     assert 0.8 < estimated / measured < 1.2, f"estimate {estimated / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB"
