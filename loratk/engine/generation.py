@@ -95,7 +95,7 @@ class Session:
         streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text is not None else None
         start = time.perf_counter()
         with active_adapter(self.model, adapter), torch.inference_mode():
-            output = self.model.generate(**encoded, **settings.generate_kwargs(), eos_token_id=self.stop_ids,
+            output = self.model.generate(**encoded, **settings.generate_kwargs(), eos_token_id=self.stop_ids or None,
                                          pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
         seconds = time.perf_counter() - start
         new = output[0, encoded["input_ids"].shape[1]:].tolist()

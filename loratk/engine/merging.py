@@ -134,7 +134,8 @@ def save_merged(model, tokenizer, folder: Path, max_shard_size: str) -> None:
 
     tokenizer.chat_template = chat_template(tokenizer)  # the template training used, even the fallback
     stops = stop_token_ids(tokenizer, model)
-    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    if stops:
+        model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(folder), max_shard_size=max_shard_size)
