@@ -162,7 +162,7 @@ def quantization_storage(name: str | None) -> tuple[float | None, int]:
 
 
 def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
-    """The peak and what it is made of: the largest of the loss backward, a layer's backward and the step."""
+    """The peak and what it is made of: the largest of the loss, a layer's backward and the optimizer step."""
     quantized = s.quantization is not None
     autocast = s.precision in ("bf16", "fp16")
     # `loratk train` stores the frozen base in the compute precision; what stays unquantized is fp32.
