@@ -117,4 +117,5 @@ def print_report(report: dict) -> None:
                       f"({100 * report['total_bytes'] / fit['gpu_memory_bytes']:.0f}% used)")
         batch, seq = fit["largest_batch_size"], fit["largest_seq_length"]
         console.print(f"largest batch size at {s['seq_len']} tokens: {batch or 'none (even 1 does not fit)'}")
-        console.print(f"longest sequence at batch size {s['batch_size']}: {seq or 'none (even 1 does not fit)'}")
+        limit = " (the model's maximum)" if seq == fit["max_position_embeddings"] else ""
+        console.print(f"longest sequence at batch size {s['batch_size']}: {seq or 'none (even 1 does not fit)'}{limit}")
