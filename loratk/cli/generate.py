@@ -96,7 +96,7 @@ def show_prompt(prompt) -> str:
 @click.option(*spellings("top_k"), "top_k", type=click.IntRange(0), default=50, show_default=True)
 @click.option(*spellings("repetition_penalty"), "repetition_penalty", type=click.FloatRange(min=0, min_open=True),
               default=1.0, show_default=True)
-@click.option("--do_sample/--greedy", "--do-sample/--greedy", "do_sample", default=False,
+@click.option("--do_sample/--greedy", "--do-sample", "do_sample", default=False,
               help="Sample (with --temperature/--top_p/--top_k) or decode greedily (default).")
 @click.option("--seed", type=int, help="Seed for sampling: the same seed gives the same text.")
 @click.option("--compare", is_flag=True, help="Show the base model and every adapter side by side.")

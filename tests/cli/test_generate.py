@@ -132,3 +132,10 @@ def test_existing_output_file_is_kept_without_overwrite(adapters, tmp_path):
     result = run_cli(["generate", "--adapter", str(adapters[0]), "--prompt", "x", "--output", str(out),
                       "--overwrite", *SHORT])
     assert result.exit_code == 0 and json.loads(out.read_text())["prompt"] == "x"
+
+
+def test_adapter_on_a_4bit_base(adapters):
+    full = run_cli(["generate", "--adapter", str(adapters[0]), "--prompt", "hello", *SHORT])
+    quantized = run_cli(["generate", "--adapter", str(adapters[0]), "--use_4bit", "--prompt", "hello", *SHORT])
+    assert quantized.exit_code == 0, quantized.output
+    assert quantized.stdout.strip() and quantized.stdout != full.stdout  # NF4 weights answer differently
