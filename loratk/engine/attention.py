@@ -41,10 +41,11 @@ def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     out = torch.empty_like(query)
     for row in range(query.shape[0]):
         bounds = segment_bounds(position_ids[row if position_ids.shape[0] > 1 else 0])
+        rows = slice(row, row + 1)  # 4-D slices: 3-D inputs send CPU sdpa to the quadratic math kernel
         for start, end in zip(bounds[:-1], bounds[1:]):
             span = slice(start, end)
-            out[row, :, span] = F.scaled_dot_product_attention(
-                query[row, :, span], key[row, :, span], value[row, :, span], is_causal=True,
+            out[rows, :, span] = F.scaled_dot_product_attention(
+                query[rows, :, span], key[rows, :, span], value[rows, :, span], is_causal=True,
                 dropout_p=dropout, scale=scaling, enable_gqa=grouped)
     return out.transpose(1, 2).contiguous(), None
 

@@ -49,3 +49,26 @@ def test_a_sliding_window_shorter_than_the_rows_is_not_exact(tiny_model_factory)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("mistral"))
     model.config.sliding_window = 16
     assert not use_varlen_attention(model, max_seq_length=64)
+
+
+def test_memory_does_not_grow_with_the_square_of_the_row(tiny_model_factory):
+    """The per-example kernel is the memory-efficient one: no heads x seq x seq buffer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from loratk.engine.attention import varlen_attention
+
+    heads, length, dim = 8, 1024, 16
+    query = torch.randn(1, heads, length, dim, requires_grad=True)
+    key = torch.randn(1, heads // 2, length, dim, requires_grad=True)
+    value = torch.randn(1, heads // 2, length, dim, requires_grad=True)
+    positions = torch.arange(length)[None]  # one long example: the worst case
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        varlen_attention(None, query, key, value, None, position_ids=positions)[0].sum().backward()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    current = peak = 0
+    for _, size in events:
+        current += size
+        peak = max(peak, current)
+    quadratic = heads * length * length * 4  # one fp32 attention matrix
+    assert peak < quadratic / 4
