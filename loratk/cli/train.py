@@ -83,6 +83,7 @@ def print_summary(summary: dict, final_dir) -> None:
         ("trainable parameters", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
                                  f"({100 * summary['trainable_parameters'] / summary['total_parameters']:.3f}%)"),
         ("precision", summary["precision"]),
+        ("gradient checkpointing", summary["gradient_checkpointing_reason"]),
         ("steps", f"{summary['steps']} (global batch {summary['global_batch_size']}, "
                   f"{summary['world_size']} process{'es' if summary['world_size'] > 1 else ''})"),
         ("final train loss", number(summary["train_loss"])),

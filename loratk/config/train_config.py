@@ -65,7 +65,9 @@ class TrainConfig:
     lr_scheduler_type: str = _opt("cosine", "Learning-rate schedule.", choices=LR_SCHEDULERS)
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     seed: int = _opt(42, "Random seed for initialisation, shuffling and the eval split.")
-    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory.", flag=True)
+    gradient_checkpointing: bool | None = _opt(
+        None, "Recompute activations in backward to save memory (default: only when the run would not fit "
+        "otherwise).", flag=True, negatable=True)
     bf16: bool | None = _opt(None, "Train in bfloat16 autocast (default: where the device supports it).", flag=True, negatable=True)
     fp16: bool = _opt(False, "Train in float16 autocast (GPUs without bfloat16).", flag=True)
     # Evaluation, logging, checkpoints

@@ -30,7 +30,7 @@ def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "ada
         batch_size=config.per_device_train_batch_size, seq_len=config.max_seq_length, rank=config.lora_rank,
         targets=targets if isinstance(targets, str) else tuple(targets), lora_dropout=config.lora_dropout,
         precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
-        row_scale_bytes=row_bytes, gradient_checkpointing=config.gradient_checkpointing,
+        row_scale_bytes=row_bytes, gradient_checkpointing=bool(config.gradient_checkpointing),
         gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
         attn_implementation=attn_implementation)
 

@@ -7,6 +7,7 @@ process reports and writes; a first SIGINT/SIGTERM saves a checkpoint and stops 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import resource
@@ -123,6 +124,7 @@ def train(config: TrainConfig, console) -> TrainResult:
     from transformers.trainer_callback import PrinterCallback
 
     from loratk.engine.attention import use_varlen_attention
+    from loratk.engine.checkpointing_policy import choose_gradient_checkpointing
     from loratk.engine.checkpoints import MarkCompleteCheckpoints, discard_incomplete
     from loratk.engine.data.pipeline import prepare_data
     from loratk.engine.distributed import device_map_for_quantized, is_main_process, using_fsdp, world_size
@@ -155,6 +157,8 @@ def train(config: TrainConfig, console) -> TrainResult:
         use_varlen_attention(model, config.max_seq_length)  # per-example attention, where exact
     data.arrange_for(model, config.per_device_train_batch_size)  # packed where exact, else padded
     targets = resolve_target_modules(model, config.target_module_list())
+    checkpointing, checkpointing_reason = choose_gradient_checkpointing(model, config)
+    config = dataclasses.replace(config, gradient_checkpointing=checkpointing)
     torch.manual_seed(config.seed)
     model = attach_lora(model, config, targets, quantized=quantization is not None)
     trainable, total = model.get_nb_trainable_parameters()
@@ -204,6 +208,8 @@ def train(config: TrainConfig, console) -> TrainResult:
         "target_modules": targets,
         "precision": precision,
         "fused_loss": trainer.uses_fused_loss,
+        "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing_reason": checkpointing_reason,
         "attention": model.get_base_model().config._attn_implementation,
         "world_size": world_size(),
         "global_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size(),

@@ -158,3 +158,14 @@ def test_report_to_tensorboard_writes_event_files(text_data, tiny_model, tmp_pat
     out = train(text_data, tiny_model, tmp_path / "o", "--max_steps", "2", "--report_to", "tensorboard")
     events = list(out.rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_gradient_checkpointing_policy_is_reported(text_data, tiny_model, tmp_path):
+    auto = train(text_data, tiny_model, tmp_path / "auto", "--max_steps", "1")
+    forced = train(text_data, tiny_model, tmp_path / "on", "--max_steps", "1", "--gradient_checkpointing")
+    auto_summary = json.loads((auto / "final" / "loratk_summary.json").read_text())
+    forced_summary = json.loads((forced / "final" / "loratk_summary.json").read_text())
+    assert auto_summary["gradient_checkpointing"] is False
+    assert auto_summary["gradient_checkpointing_reason"].startswith("off: estimated peak")
+    assert forced_summary["gradient_checkpointing"] is True
+    assert yaml.safe_load((forced / "loratk_run.yaml").read_text())["gradient_checkpointing"] is True

@@ -1,0 +1,28 @@
+"""Gradient checkpointing: off while the run fits, on when the estimate says it must be."""
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from loratk.config.train_config import TrainConfig
+from loratk.engine.checkpointing_policy import choose_gradient_checkpointing
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return AutoModelForCausalLM.from_pretrained(tiny_model)
+
+
+def test_off_when_the_run_fits(model):
+    on, why = choose_gradient_checkpointing(model, TrainConfig(), available=64 * 2**30)
+    assert not on and why.startswith("off: estimated peak")
+
+
+def test_on_when_it_would_not_fit(model):
+    on, why = choose_gradient_checkpointing(model, TrainConfig(per_device_train_batch_size=64), available=2**20)
+    assert on and "does not fit" in why
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_flag_overrides_the_policy(model, flag):
+    on, why = choose_gradient_checkpointing(model, TrainConfig(gradient_checkpointing=flag), available=2**20)
+    assert on is flag and "set by" in why
