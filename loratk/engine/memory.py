@@ -25,7 +25,7 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager", "loratk_varle
 BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
 BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
 UNKNOWN_BACKEND_BITS = 8.0
-LOSS_CHUNK_ROWS = 1024  # loratk.engine.loss.DEFAULT_CHUNK
+LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
 
 
 @dataclass(frozen=True)

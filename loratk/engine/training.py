@@ -42,7 +42,7 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
-def attach_lora(model, config: TrainConfig, targets, quantized: bool):
+def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -60,7 +60,14 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool):
         model.enable_input_require_grads()
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if autocast:
+        # peft casts each adapter's input to fp32 first; under autocast the adapter matmuls run in
+        # bf16/fp16 anyway, so that copy (and an fp32 dropout copy per adapted module) is waste.
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    return model
 
 
 def training_arguments(config: TrainConfig, precision: str, has_eval: bool, group_by_length: bool = False):
@@ -160,7 +167,7 @@ def train(config: TrainConfig, console) -> TrainResult:
     checkpointing, checkpointing_reason = choose_gradient_checkpointing(model, config)
     config = dataclasses.replace(config, gradient_checkpointing=checkpointing)
     torch.manual_seed(config.seed)
-    model = attach_lora(model, config, targets, quantized=quantization is not None)
+    model = attach_lora(model, config, targets, quantized=quantization is not None, autocast=precision != "fp32")
     trainable, total = model.get_nb_trainable_parameters()
 
     # Everything is validated: from here on loratk writes to output_dir (the main process only).
