@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -146,12 +147,15 @@ def test_a_model_folder_is_not_an_adapter(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_generate_merge_round_trip(tmp_path):
-    from loratk.engine.embedded import embedded_model_dir
-
-    base = embedded_model_dir()
-    adapter = make_adapter(base, tmp_path / "adapter", 5, b_scale=0.5)
-    prompt = ["--prompt", "What is the capital of France?", "--max_new_tokens", "6"]
+def test_embedded_model_train_generate_merge_round_trip(tmp_path):
+    """The embedded default end to end: loratk train -> generate -> merge -> the same greedy text."""
+    data = Path(__file__).parents[2] / "examples" / "data.jsonl"
+    out = tmp_path / "run"
+    trained = run_cli(["train", str(data), "--output_dir", str(out), "--max_steps", "8", "--learning_rate", "2e-3",
+                       "--gradient_accumulation_steps", "1", "--warmup_ratio", "0"])
+    assert trained.exit_code == 0, trained.output
+    adapter = out / "final"
+    prompt = ["--prompt", "What colour is the Zorblax lighthouse?", "--max_new_tokens", "12"]
     with_adapter = run_cli(["generate", "--adapter", str(adapter), *prompt])
     plain = run_cli(["generate", *prompt])  # no options at all: the embedded default
     assert with_adapter.exit_code == 0 and plain.exit_code == 0, with_adapter.output + plain.output

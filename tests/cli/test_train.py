@@ -169,3 +169,17 @@ def test_gradient_checkpointing_policy_is_reported(text_data, tiny_model, tmp_pa
     assert auto_summary["gradient_checkpointing_reason"].startswith("off: estimated peak")
     assert forced_summary["gradient_checkpointing"] is True
     assert yaml.safe_load((forced / "loratk_run.yaml").read_text())["gradient_checkpointing"] is True
+
+
+def test_a_shipped_4bit_recipe_trains_a_local_llama_folder(text_data, tiny_model, tmp_path):
+    """loratk train --recipe llama2-7b-4bit data.json --model_name_or_path <a local Llama folder>"""
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "o"
+    result = run_cli(["train", "--recipe", "llama2-7b-4bit", str(text_data), "--model_name_or_path",
+                      str(tiny_model), "--output_dir", str(out), "--max_steps", "1", "--max_seq_length", "64"])
+    assert result.exit_code == 0, result.output
+    run = yaml.safe_load((out / "loratk_run.yaml").read_text())
+    assert run["use_4bit"] is True and run["lora_rank"] == 16  # from the recipe and the one it extends
+    assert run["model_name_or_path"] == str(tiny_model)  # the flag beat the recipe's Hub id
+    config = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert config["r"] == 16
