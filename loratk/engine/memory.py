@@ -265,8 +265,9 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head
         attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
     mlp = (3 if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
-    # Per adapted module: the dropout mask (bool on CUDA, fp32 on CPU), the input lora_A keeps, lora_A's output.
-    mask = (1 if s.device == "cuda" else 4) if s.lora_dropout > 0 else 0
+    # Per adapted module: the dropout mask (bool on CUDA; on CPU the dtype of the input, which train
+    # leaves in the compute dtype), the input lora_A keeps, lora_A's output.
+    mask = (1 if s.device == "cuda" else compute) if s.lora_dropout > 0 else 0
     lora = 0.0
     chosen = set(targeted_names(list(shape.linears), targets))
     for group in shape.linears:
