@@ -16,7 +16,7 @@ install:
 
 demo: install
 	loratk train examples/data.jsonl --output_dir demo-output --overwrite \
-		--num_train_epochs 10 --learning_rate 1e-3 --gradient_accumulation_steps 1 --per_device_train_batch_size 4 --logging_steps 5
+		--max_steps 30 --learning_rate 1e-3 --gradient_accumulation_steps 1 --per_device_train_batch_size 4 --logging_steps 5
 	loratk generate --adapter trained=demo-output/final --compare --max_new_tokens 30 \
 		--prompt "What colour is the Zorblax lighthouse?" --prompt "How many bridges does Varrow Harbour have?"
 
