@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loratk.fileio import atomic_directory, atomic_write_text
+from loratk.fileio import atomic_directory
 
 FINAL_DIR = "final"
 CURVES_FILE = "training_curves.png"
@@ -103,6 +103,3 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
     tmp.replace(path)
     return path
 
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
