@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 
+def looks_like_local_path(name: str) -> bool:
+    """True for names only a local path can have: Hub ids are "name" or "owner/name"."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

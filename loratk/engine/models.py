@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from loratk.engine.embedded import embedded_model_dir, is_embedded
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
+from loratk.fileio import looks_like_local_path
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
-
-
-def _looks_like_local_path(name: str) -> bool:
-    # Hub ids are "name" or "owner/name"; anything else with a path shape is meant to be local.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
 def resolve_model_path(name_or_path: str | None) -> str:
@@ -29,7 +24,7 @@ def resolve_model_path(name_or_path: str | None) -> str:
             raise ModelError(f"model path {name_or_path} is not a model folder (no config.json in it)",
                              "pass the folder that holds config.json and the weights")
         return str(path)
-    if _looks_like_local_path(name_or_path):
+    if looks_like_local_path(name_or_path):
         raise ModelError(f"model path {name_or_path} does not exist", "check the path, or pass a Hub id such as meta-llama/Llama-2-7b-hf")
     return name_or_path
 

@@ -115,9 +115,9 @@ def keep_metrics_until(path: Path, step: int) -> None:
     """On resume, drop metrics logged after the checkpoint so no step appears twice."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step and not json.loads(line).get("summary")]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [r for r in records if r.get("step", 0) <= step and not r.get("summary")]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def resume_command(config: TrainConfig) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from loratk.config.suggest import did_you_mean
 from loratk.errors import DataError, UsageError
+from loratk.fileio import looks_like_local_path
 
 DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
@@ -38,7 +39,7 @@ def choose_format(source: str, forced: str | None = None) -> str:
             raise DataError(f"no dataset format reads {path.suffix or 'extension-less'} files like {source}",
                             f"use one of {', '.join(known)} or force one with --dataset_format")
         return by_extension
-    if by_extension is not None or source.startswith((".", "/", "~")) or source.count("/") > 1:
+    if by_extension is not None or looks_like_local_path(source):
         raise DataError(f"dataset file {source} does not exist", "check the path (relative paths start from the current folder)")
     return "hub"  # "name" or "owner/name": a Hugging Face Hub dataset id
 
