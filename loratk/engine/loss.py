@@ -35,14 +35,20 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
-            logits = (hidden[rows].to(weight.dtype) @ weight.T).float()  # the head's precision, as the model would
-            log_norm = torch.logsumexp(logits, dim=-1)
             target = targets[rows]
-            total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            logits = (hidden[rows].to(weight.dtype) @ weight.T).float()  # the head's precision, as the model would
+            # Softmax in place: one fp32 chunk is alive at a time (logsumexp and exp(x - m) would
+            # each allocate two more).
+            picked = logits.gather(1, target[:, None]).squeeze(1)
+            peak = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(peak).exp_()
+            norm = probs.sum(dim=-1, keepdim=True)
+            total += (peak.squeeze(1) + norm.log().squeeze(1) - picked).sum()
             if grad is not None:
-                probs = torch.exp(logits - log_norm[:, None])
+                probs.div_(norm)
                 probs[torch.arange(probs.shape[0], device=probs.device), target] -= 1.0
                 grad[rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+            del logits, probs  # before the next chunk's logits exist
         ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
         return total
 

@@ -205,12 +205,13 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         act_detail = f"{layer / 2**20:,.1f} MiB per layer x {shape.layers} layers"
 
     if shape.fused_loss:
-        # Chunked loss: fp32 logits, their shifted copy and the probabilities of one chunk of rows,
+        # Chunked loss: the fp32 logits of one chunk of rows, turned into probabilities in place,
         # plus the final hidden states, their trained rows and the gradient kept for them.
-        # From the second chunk on, the previous chunk's probabilities are still alive.
+        # The softmax runs in place, so one fp32 chunk is alive, plus the head's own output when
+        # the head computes in half precision (before the upcast) or the half copy of the probabilities.
         rows = min(tokens, LOSS_CHUNK_ROWS)
-        copies = 3 if tokens <= LOSS_CHUNK_ROWS else 4
-        logits = rows * shape.vocab * copies * 4 + 3 * tokens * shape.hidden * residual
+        head_bytes = unquantized
+        logits = rows * shape.vocab * (4 + (head_bytes if head_bytes < 4 else 0)) + 3 * tokens * shape.hidden * residual
         logits_detail = f"{rows:,} of {tokens:,} tokens at a time x {shape.vocab:,} vocab in fp32 (chunked loss)"
     else:
         logits = tokens * shape.vocab * (3 * 4 + (compute if shape.logit_softcap else 0))
@@ -256,10 +257,8 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
     """Bytes one decoder layer keeps for backward."""
     norms = shape.norms_per_layer * tokens * shape.hidden * 4  # RMSNorm keeps its fp32 input
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    # q, k, v and the output (sdpa and loratk's per-example attention alike: its slices are views).
     attention = tokens * (2 * q_width + 2 * kv_width) * compute + s.batch_size * shape.heads * s.seq_len * 4
-    if s.attn_implementation == "loratk_varlen":
-        # Packed rows, attention per example: head-wide keys/values, per-example outputs and the output buffer.
-        attention += tokens * (5 * q_width - 2 * kv_width) * compute
     if s.attn_implementation == "eager":
         scores = s.batch_size * shape.heads * s.seq_len * s.seq_len
         attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head
@@ -297,7 +296,14 @@ def largest_fitting(shape: ModelShape, s: MemorySettings, budget: float, field: 
 
 def measure_peak_bytes(run) -> int:
     """Peak bytes of tensor storage allocated while ``run()`` executes (CUDA: the caching allocator's
-    count; CPU: the running sum of the profiler's allocation and free events)."""
+    count; CPU: the running sum of the profiler's allocation and free events).
+
+    On CPU the profiler records allocations of the threads it follows only, and transformers
+    converts checkpoint weights in a thread pool: the weights would be missing from the count.
+    Loading runs on the calling thread while measuring (``HF_DEACTIVATE_ASYNC_LOAD``).
+    """
+    import os
+
     import torch
 
     if torch.cuda.is_available():
@@ -307,8 +313,16 @@ def measure_peak_bytes(run) -> int:
         return torch.cuda.max_memory_allocated() - start
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run()
+    previous = os.environ.get("HF_DEACTIVATE_ASYNC_LOAD")
+    os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run()
+    finally:
+        if previous is None:
+            os.environ.pop("HF_DEACTIVATE_ASYNC_LOAD")
+        else:
+            os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = previous
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
     current = peak = 0
