@@ -33,3 +33,14 @@ def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "loratk", "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "loratk" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["inspect-modules", "estimate-memory"])
+def test_model_commands_skip_the_training_libraries(command):
+    """Building a weightless model needs torch and transformers only: no datasets (0.3 s), peft or bitsandbytes."""
+    args = [command, "meta-llama/Llama-2-70b-hf", "--json"]
+    result = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)],
+                            capture_output=True, text=True, timeout=120)
+    assert json.loads(result.stdout)["model"] == "meta-llama/Llama-2-70b-hf"
+    imported = json.loads(result.stderr.strip().splitlines()[-1])
+    assert set(imported) <= {"torch", "transformers", "accelerate"}, f"loratk {command} imported {imported}"
