@@ -95,12 +95,12 @@ def measure(model: str, data: Path, out: Path, options: dict) -> int:
     """Peak tensor bytes of one training run (called in a fresh process)."""
     from rich.console import Console
 
-    from loratk.engine.memory import measure_peak_bytes
+    from loratk.engine.memory_measure import measure_training_peak
     from loratk.engine.training import train
 
     config = config_for(model, data, out, options)
     with open(os.devnull, "w") as sink:
-        return measure_peak_bytes(lambda: train(config, Console(file=sink)))
+        return measure_training_peak(lambda after_load: train(config, Console(file=sink), after_load=after_load))
 
 
 def estimate(model: str, data: Path, out: Path, options: dict, device: str) -> int:

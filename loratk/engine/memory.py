@@ -26,6 +26,7 @@ BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
 BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
 UNKNOWN_BACKEND_BITS = 8.0
 LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
+ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by attention, in the compute dtype
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     states = trainable * OPTIMIZER_STATE_BYTES[s.optimizer]
     grads_at_backward = grads if s.gradient_accumulation_steps > 1 else 0
 
-    layer = _layer_activations(shape, s, tokens, compute, linear_out, targets)
+    layer = _layer_activations(shape, s, tokens, compute, residual, linear_out, targets)
     final_norm = tokens * shape.hidden * 4
     if s.gradient_checkpointing:
         saved = shape.layers * tokens * shape.hidden * residual + final_norm
@@ -252,8 +253,8 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     return MemoryEstimate(components, phase, s, trainable)
 
 
-def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, compute: int, linear_out: int,
-                       targets) -> float:
+def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, compute: int, residual: int,
+                       linear_out: int, targets) -> float:
     """Bytes one decoder layer keeps for backward."""
     norms = shape.norms_per_layer * tokens * shape.hidden * 4  # RMSNorm keeps its fp32 input
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
@@ -264,13 +265,16 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head
         attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
     mlp = (3 if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
-    # Per adapted module: the dropout mask (bool on CUDA; on CPU the dtype of the input, which train
-    # leaves in the compute dtype), the input lora_A keeps, lora_A's output.
-    mask = (1 if s.device == "cuda" else compute) if s.lora_dropout > 0 else 0
+    # Per adapted module: the dropout mask (bool on CUDA; on CPU the dtype of the module's input:
+    # the residual stream's, or the compute dtype for the attention output), the input lora_A keeps
+    # (in the compute dtype: train feeds adapters their input as it comes, autocast casts it) and
+    # lora_A's output.
     lora = 0.0
     chosen = set(targeted_names(list(shape.linears), targets))
     for group in shape.linears:
         if group.name in chosen:
+            mask = 0 if s.lora_dropout == 0 else 1 if s.device == "cuda" else \
+                compute if group.name in ATTENTION_OUTPUTS else residual
             per_layer = group.count / max(1, shape.layers)
             lora += per_layer * tokens * (group.in_features * (mask + compute) + s.rank * compute)
     return norms + attention + mlp + lora
@@ -292,41 +296,3 @@ def largest_fitting(shape: ModelShape, s: MemorySettings, budget: float, field: 
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
     return low
-
-
-def measure_peak_bytes(run) -> int:
-    """Peak bytes of tensor storage allocated while ``run()`` executes (CUDA: the caching allocator's
-    count; CPU: the running sum of the profiler's allocation and free events).
-
-    On CPU the profiler records allocations of the threads it follows only, and transformers
-    converts checkpoint weights in a thread pool: the weights would be missing from the count.
-    Loading runs on the calling thread while measuring (``HF_DEACTIVATE_ASYNC_LOAD``).
-    """
-    import os
-
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        run()
-        return torch.cuda.max_memory_allocated() - start
-    from torch.profiler import ProfilerActivity, profile
-
-    previous = os.environ.get("HF_DEACTIVATE_ASYNC_LOAD")
-    os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            run()
-    finally:
-        if previous is None:
-            os.environ.pop("HF_DEACTIVATE_ASYNC_LOAD")
-        else:
-            os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = previous
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
-    current = peak = 0
-    for _, size in events:
-        current += size
-        peak = max(peak, current)
-    return peak

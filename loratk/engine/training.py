@@ -14,7 +14,7 @@ import resource
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from loratk.config.recipes import RUN_FILE, dump_run_config
 from loratk.config.train_config import TrainConfig
@@ -124,8 +124,11 @@ def resume_command(config: TrainConfig) -> str:
     return f"loratk train --recipe {Path(config.output_dir) / RUN_FILE} --resume"
 
 
-def train(config: TrainConfig, console) -> TrainResult:
-    """Run one training job described by ``config``; progress goes to the rich ``console``."""
+def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None = None) -> TrainResult:
+    """Run one training job described by ``config``; progress goes to the rich ``console``.
+
+    ``after_load(model)`` is called once the base model is loaded (measurements start there).
+    """
     quiet_libraries()
     import torch
     from transformers.trainer_callback import PrinterCallback
@@ -159,6 +162,8 @@ def train(config: TrainConfig, console) -> TrainResult:
                        trust_remote_code=config.trust_remote_code,
                        device_map=device_map_for_quantized() if quantization else None,
                        quant_storage=dtype if using_fsdp() else None)
+    if after_load is not None:
+        after_load(model)
     model.config.use_cache = False  # padding-free batches need it, and training never uses the cache
     if config.packing is not False:
         use_varlen_attention(model, config.max_seq_length)  # per-example attention, where exact

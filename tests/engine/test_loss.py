@@ -102,7 +102,7 @@ def test_chunked_kernel_matches_dense_cross_entropy():
 
 
 def test_the_kernel_keeps_one_fp32_chunk_of_logits_alive():
-    from loratk.engine.memory import measure_peak_bytes
+    from loratk.engine.memory_measure import measure_peak_bytes
 
     generator = torch.Generator().manual_seed(0)
     rows, vocab, width, chunk = 512, 20000, 16, 128

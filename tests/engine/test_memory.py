@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from loratk.engine.memory import (LOSS_CHUNK_ROWS, MemorySettings, estimate, largest_fitting, measure_peak_bytes,
+from loratk.engine.memory import (LOSS_CHUNK_ROWS, MemorySettings, estimate, largest_fitting,
                                   model_shape, quantization_storage)
+from loratk.engine.memory_measure import measure_training_peak
 from loratk.engine.meta_model import build_meta_model
 from loratk.testing import registered_plugin
 
@@ -129,7 +130,7 @@ def test_estimate_matches_a_measured_training_run(tmp_path):
         model_name_or_path=str(model), dataset_path=[str(data)], output_dir=str(tmp_path / "out"), bf16=False,
         per_device_train_batch_size=2, max_seq_length=256, max_steps=2, gradient_accumulation_steps=1,
         logging_steps=1, save_steps=100))
-    measured = measure_peak_bytes(lambda: train(config, Console(quiet=True)))
+    measured = measure_training_peak(lambda after_load: train(config, Console(quiet=True), after_load=after_load))
     meta = build_meta_model(str(model))
     settings = settings_for(meta.model, config, device="cpu", attn_implementation=default_attention(meta.model, config))
     estimated = estimate(model_shape(meta.model), settings).tensor_bytes
