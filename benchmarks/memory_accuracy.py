@@ -50,8 +50,12 @@ SETTINGS = [
                                                                per_device_train_batch_size=4, max_seq_length=512)),
     ("llama-h512 V2k fp32 b4 s512 r32", "small-vocab", dict(bf16=False, lora_rank=32,
                                                              per_device_train_batch_size=4, max_seq_length=512)),
+    ("llama-h256 8-bit bf16 b4 s256", "small", dict(bf16=True, use_8bit=True, per_device_train_batch_size=4,
+                                                     max_seq_length=256)),
     ("SmolLM2-135M bf16 b2 s256", "smollm2-135m", dict(bf16=True, per_device_train_batch_size=2,
                                                         max_seq_length=256)),
+    ("SmolLM2-135M bf16 ckpt b4 s512", "smollm2-135m", dict(bf16=True, gradient_checkpointing=True,
+                                                             per_device_train_batch_size=4, max_seq_length=512)),
 ]
 QUICK = SETTINGS[:3]
 MODELS = {"small": LLAMA_SMALL, "wide": LLAMA_WIDE, "small-vocab": LLAMA_SMALL_VOCAB}
