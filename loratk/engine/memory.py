@@ -27,6 +27,10 @@ BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
 UNKNOWN_BACKEND_BITS = 8.0
 LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
 ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by attention, in the compute dtype
+# Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.lora_dropout).
+SHARED_INPUTS = (frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"}),
+                 frozenset({"gate_proj", "up_proj", "gate_up_proj", "w1", "w3", "c_fc", "fc1"}))
+DROPOUT_MASK_BYTES = 0  # masks are drawn again in backward, not kept
 
 
 @dataclass(frozen=True)
@@ -265,18 +269,22 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head
         attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
     mlp = (3 if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
-    # Per adapted module: the dropout mask (bool on CUDA; on CPU the dtype of the module's input:
-    # the residual stream's, or the compute dtype for the attention output), the input lora_A keeps
-    # (in the compute dtype: train feeds adapters their input as it comes, autocast casts it) and
-    # lora_A's output.
+    # Per adapted module: its input (once for modules that read the same tensor; in the residual
+    # stream's dtype, or the compute dtype for the attention output), the dropout mask, and
+    # lora_A's output. loratk folds the dropout into lora_A, so no dropped copy is kept.
     lora = 0.0
     chosen = set(targeted_names(list(shape.linears), targets))
+    inputs_kept: set[str | frozenset] = set()
     for group in shape.linears:
-        if group.name in chosen:
-            mask = 0 if s.lora_dropout == 0 else 1 if s.device == "cuda" else \
-                compute if group.name in ATTENTION_OUTPUTS else residual
-            per_layer = group.count / max(1, shape.layers)
-            lora += per_layer * tokens * (group.in_features * (mask + compute) + s.rank * compute)
+        if group.name not in chosen:
+            continue
+        per_layer = group.count / max(1, shape.layers)
+        shared = next((names for names in SHARED_INPUTS if group.name in names), group.name)
+        if shared not in inputs_kept:
+            inputs_kept.add(shared)
+            lora += per_layer * tokens * group.in_features * (compute if group.name in ATTENTION_OUTPUTS else residual)
+        mask = DROPOUT_MASK_BYTES if s.lora_dropout > 0 else 0
+        lora += per_layer * tokens * (group.in_features * mask + s.rank * compute)
     return norms + attention + mlp + lora
 
 

@@ -61,6 +61,9 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    from loratk.engine.lora_dropout import fuse_lora_dropout
+
+    fuse_lora_dropout(model)  # no dropout mask or dropped copy kept per adapted module
     if autocast:
         # peft casts each adapter's input to fp32 first; under autocast the adapter matmuls run in
         # bf16/fp16 anyway, so that copy (and an fp32 dropout copy per adapted module) is waste.
