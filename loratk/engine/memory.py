@@ -24,6 +24,7 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager", "loratk_varle
 # Storage of the built-in quantization backends when their build callable does not say.
 BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
 BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
+OUTPUT_IN_COMPUTE_DTYPE = frozenset({"bnb-8bit"})
 UNKNOWN_BACKEND_BITS = 8.0
 LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
 ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by attention, in the compute dtype
@@ -175,7 +176,9 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     unquantized = 4 if quantized else storage
     compute = 2 if autocast else storage
     residual = 4 if quantized else storage
-    linear_out = residual if quantized else compute
+    # bitsandbytes' 4-bit layers return their input's dtype (the fp32 residual stream), its 8-bit
+    # layers the compute dtype.
+    linear_out = compute if not quantized or s.quantization in OUTPUT_IN_COMPUTE_DTYPE else residual
     tokens = s.batch_size * s.seq_len
 
     bits = s.bits_per_weight or UNKNOWN_BACKEND_BITS
