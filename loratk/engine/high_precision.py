@@ -3,10 +3,12 @@
 ``loratk merge`` checks that the merged model answers like the adapter model. In float32, the
 two forward passes round differently ((W + BA)x against Wx + B(Ax) in every layer), and for logits
 around 40 that rounding alone reaches 1e-4. In float64 it vanishes, and what is left of the
-difference is the merge itself (the rounding of W + BA to the stored dtype). Each unit of the model
-(one decoder layer, the embeddings, the final norm, the head) is upcast just before it runs and
-cast back right after, so only one unit at a time takes float64 memory, and every value round-trips
-exactly (float64 holds every float32, bfloat16 and float16 value).
+difference is the merge itself (the rounding of W + BA to the stored dtype). Each decoder layer
+(and any small module outside them, like the final norm) is upcast just before it runs and given
+its original storage back right after; the embeddings and the head never are (their outputs are
+computed in float64 directly). So at most one layer takes float64 memory, and the model's own
+tensors are never copied (float64 holds every float32, bfloat16 and float16 value, so the float64
+pass computes on exactly the model's weights).
 """
 
 from __future__ import annotations
@@ -30,32 +32,68 @@ def execution_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers + others
 
 
-def _cast(unit: torch.nn.Module, saved: dict[int, torch.dtype] | None) -> dict[int, torch.dtype]:
-    """Upcast the unit's floating tensors in place (``saved`` None) or restore their dtypes."""
-    original: dict[int, torch.dtype] = {}
+def _upcast(unit: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """Point the unit's floating tensors at float64 copies; returns their original data."""
+    original: dict[int, torch.Tensor] = {}
     for tensor in [*unit.parameters(), *unit.buffers()]:
-        if not tensor.is_floating_point():
-            continue
-        if saved is None:
-            original[id(tensor)] = tensor.dtype
+        if tensor.is_floating_point() and id(tensor) not in original:
+            original[id(tensor)] = tensor.data
             tensor.data = tensor.data.to(torch.float64)
-        elif id(tensor) in saved:
-            tensor.data = tensor.data.to(saved[id(tensor)])
     return original
+
+
+def _restore(unit: torch.nn.Module, original: dict[int, torch.Tensor]) -> None:
+    """Give the tensors their original data back (no new copy; the float64 one is freed)."""
+    for tensor in [*unit.parameters(), *unit.buffers()]:
+        if id(tensor) in original:
+            tensor.data = original[id(tensor)]
+
+
+ROWS_PER_CHUNK = 4096  # of a large Linear outside the layers (the head): 4096 x hidden in float64 at a time
+
+
+def _float64_linear(module: torch.nn.Linear):
+    """A forward for a Linear (the head, say) that computes in float64 a block of rows at a time,
+    without upcasting its weight (vocabulary x hidden x 8 bytes)."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float64)
+        blocks = []
+        for start in range(0, module.out_features, ROWS_PER_CHUNK):
+            rows = slice(start, start + ROWS_PER_CHUNK)
+            bias = None if module.bias is None else module.bias[rows].to(torch.float64)
+            blocks.append(torch.nn.functional.linear(x, module.weight[rows].to(torch.float64), bias))
+        return torch.cat(blocks, dim=-1)
+    return forward
+
+
+def _float64_output(module, args, output):
+    return output.to(torch.float64) if output.is_floating_point() else output
 
 
 @contextlib.contextmanager
 def float64_execution(model: torch.nn.Module) -> Iterator[None]:
-    """Inside this context the model computes in float64, one unit at a time."""
-    handles = []
+    """Inside this context the model computes in float64, one unit at a time.
+
+    Embeddings look rows up in their own dtype and hand them on in float64 (exact); a Linear outside
+    the decoder layers (the head) computes in float64 by blocks of rows; every other unit is upcast
+    while it runs.
+    """
+    handles, replaced = [], []
     for unit in execution_units(model):
-        state: dict[str, dict[int, torch.dtype]] = {}
+        if isinstance(unit, torch.nn.Embedding):
+            handles.append(unit.register_forward_hook(_float64_output))
+            continue
+        if type(unit) is torch.nn.Linear:
+            unit.forward = _float64_linear(unit)
+            replaced.append(unit)
+            continue
+        state: dict[str, dict[int, torch.Tensor]] = {}
 
         def upcast(module, args, state=state):
-            state["dtypes"] = _cast(module, None)
+            state["original"] = _upcast(module)
 
         def restore(module, args, output, state=state):
-            _cast(module, state.pop("dtypes", {}))
+            _restore(module, state.pop("original", {}))
 
         handles.append(unit.register_forward_pre_hook(upcast))
         handles.append(unit.register_forward_hook(restore))
@@ -64,3 +102,5 @@ def float64_execution(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+        for unit in replaced:
+            del unit.forward  # the class's forward again

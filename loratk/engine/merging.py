@@ -113,6 +113,21 @@ def tolerance_for(dtype: str, reference) -> float:
     return HALF_PRECISION_RELATIVE_TOLERANCE * float(reference.abs().max())
 
 
+def merge_in_place(model):
+    """peft's merge, adding each delta into the base weight where it lies: no second copy of a
+    weight (peft's safe merge clones each one first, which keeps the original alive beside it when
+    it is memory-mapped from the checkpoint). Nothing is written when the result is not finite, so
+    the safe merge's keep-the-original-on-failure is not needed."""
+    import torch
+
+    merged = model.merge_and_unload(safe_merge=False)
+    for name, param in merged.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            raise ModelError(f"merging gives non-finite values in {name}; nothing was written",
+                             "the adapter's weights overflow this dtype: try --dtype fp32, or check the adapter")
+    return merged
+
+
 def save_adapter_only(model, tokenizer, base_path: str, folder: Path) -> None:
     model.save_pretrained(str(folder), selected_adapters=[COMBINED])
     # peft writes adapters not called "default" into a subfolder named after them.
@@ -164,6 +179,9 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
     quiet_libraries()
     import torch
 
+    from loratk.engine.allocator import return_large_frees_to_os
+
+    return_large_frees_to_os()  # the layer-by-layer float64 check would otherwise leave its blocks resident
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
     log(f"loading {base_path} ({dtype}, unquantized)")
     model = load_adapters(load_model(base_path, dtype=dtype, trust_remote_code=trust_remote_code), specs, base_path)
@@ -175,7 +193,7 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
             save_adapter_only(model, tokenizer, base_path, tmp)
         else:
             reference = verification_logits(model, tokenizer) if verify else None
-            model = model.merge_and_unload(safe_merge=True)
+            model = merge_in_place(model)
             if reference is not None:
                 diff = float((verification_logits(model, tokenizer) - reference).abs().max())
                 result.max_logit_diff, result.tolerance = diff, tolerance_for(dtype, reference)

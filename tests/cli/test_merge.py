@@ -161,4 +161,43 @@ def test_embedded_model_train_generate_merge_round_trip(tmp_path):
     assert with_adapter.stdout != plain.stdout
     merged = tmp_path / "merged"
     assert run_cli(["merge", "--adapter", str(adapter), "--output_dir", str(merged)]).exit_code == 0
+    info = json.loads((merged / "loratk_merge.json").read_text())
+    assert info["tolerance"] == 1e-4 and info["max_logit_diff"] < 1e-4  # fp32: a flat 1e-4
     assert run_cli(["generate", "--model", str(merged), *prompt]).stdout == with_adapter.stdout
+
+
+REFERENCE_RSS = """
+import resource, sys
+from pathlib import Path
+from loratk.engine.adapters import AdapterSpec, load_adapters
+from loratk.engine.merging import verification_logits
+from loratk.engine.models import load_model, load_tokenizer
+model = load_adapters(load_model(sys.argv[1], dtype="float32"), [AdapterSpec("default", Path(sys.argv[2]))], sys.argv[1])
+verification_logits(model, load_tokenizer(sys.argv[1]))  # every weight touched, as in merge's check
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_merge_needs_the_memory_of_the_base_plus_a_small_margin(tmp_path):
+    """No second copy of the model: merge's peak is close to that of loading the base with the adapter
+    and running it once."""
+    import re
+    import subprocess
+    import sys
+
+    from loratk.testing import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", "llama", hidden_size=512, intermediate_size=1536,
+                            num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8)
+    weights_mb = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**20
+    adapter = make_adapter(base, tmp_path / "adapter", 1, b_scale=0.01)
+    reference = subprocess.run([sys.executable, "-c", REFERENCE_RSS, str(base), str(adapter)], capture_output=True,
+                               text=True, check=True)
+    merged = subprocess.run([sys.executable, "-m", "loratk", "merge", "--adapter", str(adapter), "--output_dir",
+                             str(tmp_path / "merged")], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    peak = float(re.search(r"([\d,.]+) MB resident", merged.stdout).group(1).replace(",", ""))
+    base_peak = float(reference.stdout.strip().splitlines()[-1])
+    assert weights_mb > 100
+    # peft's safe merge (a clone of every weight beside the original) added about the whole model.
+    assert peak < base_peak + 0.35 * weights_mb, f"merge {peak:.0f} MB, base {base_peak:.0f} MB, weights {weights_mb:.0f} MB"
