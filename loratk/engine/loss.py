@@ -33,22 +33,32 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        for start in range(0, hidden.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            target = targets[rows]
-            logits = (hidden[rows].to(weight.dtype) @ weight.T).float()  # the head's precision, as the model would
-            # Softmax in place: one fp32 chunk is alive at a time (logsumexp and exp(x - m) would
-            # each allocate two more).
-            picked = logits.gather(1, target[:, None]).squeeze(1)
-            peak = logits.amax(dim=-1, keepdim=True)
-            probs = logits.sub_(peak).exp_()
-            norm = probs.sum(dim=-1, keepdim=True)
-            total += (peak.squeeze(1) + norm.log().squeeze(1) - picked).sum()
-            if grad is not None:
-                probs.div_(norm)
-                probs[torch.arange(probs.shape[0], device=probs.device), target] -= 1.0
-                grad[rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-            del logits, probs  # before the next chunk's logits exist
+        # One fp32 buffer (and one in the head's dtype) serves every chunk: the softmax runs in
+        # place, and a fresh chunk-sized tensor per step of the loop would cost its page faults
+        # again each time (tens of ms on CPU).
+        size = (min(chunk, hidden.shape[0]), weight.shape[0])
+        buffer = torch.empty(size, dtype=torch.float32, device=hidden.device)
+        half = None if weight.dtype == torch.float32 else torch.empty(size, dtype=weight.dtype, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
+            for start in range(0, hidden.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                target = targets[rows]
+                count = target.shape[0]
+                logits = buffer[:count]
+                if half is None:
+                    torch.matmul(hidden[rows].to(weight.dtype), weight.T, out=logits)
+                else:  # the head's precision, as the model would compute it, then fp32
+                    logits.copy_(torch.matmul(hidden[rows].to(weight.dtype), weight.T, out=half[:count]))
+                picked = logits.gather(1, target[:, None]).squeeze(1)
+                peak = logits.amax(dim=-1, keepdim=True)
+                probs = logits.sub_(peak).exp_()
+                norm = probs.sum(dim=-1, keepdim=True)
+                total += (peak.squeeze(1) + norm.log().squeeze(1) - picked).sum()
+                if grad is not None:
+                    probs.div_(norm)
+                    probs[torch.arange(count, device=probs.device), target] -= 1.0
+                    scaled = probs if half is None else half[:count].copy_(probs)
+                    grad[rows] = (scaled @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
         return total
 
