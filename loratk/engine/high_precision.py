@@ -21,8 +21,8 @@ import torch
 
 def execution_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The decoder layers (children of the largest ModuleList) and every other module that owns
-    parameters or buffers outside them: each is upcast as a whole, so that a LoRA layer's adapters
-    are float64 before the layer casts its input to their dtype."""
+    parameters or buffers outside them. A layer is upcast as a whole, so that a LoRA layer's
+    adapters are float64 before the layer casts its input to their dtype."""
     stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     stack = max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()), default=None)
     layers = list(stack) if stack is not None else []
