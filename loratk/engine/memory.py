@@ -31,7 +31,6 @@ ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by a
 # Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.lora_dropout).
 SHARED_INPUTS = (frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"}),
                  frozenset({"gate_proj", "up_proj", "gate_up_proj", "w1", "w3", "c_fc", "fc1"}))
-DROPOUT_MASK_BYTES = 0  # masks are drawn again in backward, not kept
 
 
 @dataclass(frozen=True)
@@ -273,8 +272,8 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
     mlp = (3 if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
     # Per adapted module: its input (once for modules that read the same tensor; in the residual
-    # stream's dtype, or the compute dtype for the attention output), the dropout mask, and
-    # lora_A's output. loratk folds the dropout into lora_A, so no dropped copy is kept.
+    # stream's dtype, or the compute dtype for the attention output) and lora_A's output. loratk
+    # folds the dropout into lora_A and draws its mask again in backward: no mask or dropped copy.
     lora = 0.0
     chosen = set(targeted_names(list(shape.linears), targets))
     inputs_kept: set[str | frozenset] = set()
@@ -286,8 +285,7 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         if shared not in inputs_kept:
             inputs_kept.add(shared)
             lora += per_layer * tokens * group.in_features * (compute if group.name in ATTENTION_OUTPUTS else residual)
-        mask = DROPOUT_MASK_BYTES if s.lora_dropout > 0 else 0
-        lora += per_layer * tokens * (group.in_features * mask + s.rank * compute)
+        lora += per_layer * tokens * s.rank * compute
     return norms + attention + mlp + lora
 
 
