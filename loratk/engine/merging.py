@@ -115,9 +115,8 @@ def tolerance_for(dtype: str, reference) -> float:
 
 def merge_in_place(model):
     """peft's merge, adding each delta into the base weight where it lies: no second copy of a
-    weight (peft's safe merge clones each one first; on a 106 MB model its copies added 0.6x the
-    weights to the peak). Nothing is written when the result is not finite, so the safe merge's
-    keep-the-original-on-failure is not needed."""
+    weight (peft's safe merge clones each one first). Nothing is written when the result is not
+    finite, so the safe merge's keep-the-original-on-failure is not needed."""
     import torch
 
     merged = model.merge_and_unload(safe_merge=False)
