@@ -10,6 +10,16 @@ epoch over the same examples; 4 rows per optimizer step):
                 single-script way), fp32
   trl-fp32      TRL SFTTrainer, packing=True, padding_free=True, fp32
   trl-bf16      the same in bf16 autocast
+and loratk with one of its means taken away at a time (--ablations, on by default), so each is
+measured on its own:
+  loratk-no-packing       padded batches instead of padding-free packing
+  loratk-masked-attention packed rows, but transformers' block-diagonal mask instead of
+                          per-example attention
+  loratk-fp32             no bf16 autocast (fp32 base and compute)
+  loratk-plain-loss       transformers' loss on full logits instead of the fused chunked loss
+  loratk-peft-dropout     peft's dropout (a mask and a dropped copy per module) instead of the
+                          dropout folded into lora_A
+  loratk-checkpointing    gradient checkpointing forced on
 Each configuration runs in its own process (so peak resident memory is its own); repeats are
 interleaved (a, b, c, d, a, b, c, d) so drift in machine load hits all alike. The table shows the
 median real (non-pad) tokens/s, the peak resident set, the ratio to loratk, and model FLOP
@@ -36,6 +46,15 @@ from pathlib import Path
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIGS = ("loratk", "seed", "trl-fp32", "trl-bf16")
+# loratk with one mean taken away: (TrainConfig overrides, what to switch off in the engine)
+ABLATIONS = {
+    "loratk-no-packing": ({"packing": False}, None),
+    "loratk-masked-attention": ({}, "attention"),
+    "loratk-fp32": ({"bf16": False}, None),
+    "loratk-plain-loss": ({}, "loss"),
+    "loratk-peft-dropout": ({}, "dropout"),
+    "loratk-checkpointing": ({"gradient_checkpointing": True}, None),
+}
 MAX_LEN = 512
 BATCH = 4
 
@@ -76,15 +95,33 @@ def lora_config():
     return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
 
 
-def run_loratk(model: str, data: str, out: str) -> dict:
+def switch_off(mean: str | None) -> None:
+    """Take one of loratk's means away in this (worker) process."""
+    if mean == "attention":
+        import loratk.engine.attention
+
+        loratk.engine.attention.use_varlen_attention = lambda model, max_seq_length: False
+    elif mean == "loss":
+        import loratk.engine.trainer
+
+        loratk.engine.trainer.head_weight_if_fusable = lambda model: None
+    elif mean == "dropout":
+        import loratk.engine.lora_dropout
+
+        loratk.engine.lora_dropout.fuse_lora_dropout = lambda model: 0
+
+
+def run_loratk(model: str, data: str, out: str, variant: str = "loratk") -> dict:
     from rich.console import Console
 
     from loratk.config.train_config import TrainConfig
     from loratk.engine.training import train
 
+    overrides, mean = ABLATIONS.get(variant, ({}, None))
+    switch_off(mean)
     config = TrainConfig(model_name_or_path=model, dataset_path=[data], output_dir=out, num_train_epochs=1,
                          per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_seq_length=MAX_LEN,
-                         target_modules=",".join(TARGETS), save_steps=10**6, logging_steps=10**6)
+                         target_modules=",".join(TARGETS), save_steps=10**6, logging_steps=10**6, **overrides)
     summary = train(config, Console(file=open(os.devnull, "w"))).summary
     return {"tokens": summary["tokens_seen"], "seconds": summary["runtime_seconds"],
             "precision": summary["precision"]}
@@ -146,8 +183,8 @@ def worker(name: str, model: str, data: str) -> None:
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as out:
-        if name == "loratk":
-            result = run_loratk(model, data, out)
+        if name == "loratk" or name in ABLATIONS:
+            result = run_loratk(model, data, out, name)
         elif name == "seed":
             result = run_seed(model, data, out)
         else:
@@ -198,6 +235,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4000, help="approximate real tokens per run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--no-ablations", dest="ablations", action="store_false",
+                        help="skip the runs of loratk with one mean taken away")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -212,7 +251,7 @@ def main() -> None:
     data = Path(args.data) if args.data else work / "data.jsonl"
     if not args.data:
         build_dataset(data, args.tokens)
-    configs = [c for c in args.configs.split(",") if c]
+    configs = [c for c in args.configs.split(",") if c] + (list(ABLATIONS) if args.ablations else [])
     peaks = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
     results: dict[str, list[dict]] = {c: [] for c in configs}
     for repeat in range(args.repeats):
