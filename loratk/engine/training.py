@@ -45,6 +45,8 @@ def peak_memory_mb() -> dict[str, float]:
 def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from loratk.engine.lora_dropout import fuse_lora_dropout
+
     if quantized:
         import torch
 
@@ -61,12 +63,11 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    from loratk.engine.lora_dropout import fuse_lora_dropout
-
     fuse_lora_dropout(model)  # no dropout mask or dropped copy kept per adapted module
     if autocast:
         # peft casts each adapter's input to fp32 first; under autocast the adapter matmuls run in
-        # bf16/fp16 anyway, so that copy (and an fp32 dropout copy per adapted module) is waste.
+        # bf16/fp16 anyway, so that copy is waste, and the folded dropout would keep it for
+        # backward once per module instead of the shared input once per group.
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
