@@ -117,6 +117,22 @@ def test_failed_verification_leaves_no_output(adapters, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # not even a temporary folder
 
 
+def test_a_merge_that_overflows_is_refused_and_leaves_no_output(adapters, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(adapters[0], broken)
+    weights = load_file(broken / "adapter_model.safetensors")
+    for name in weights:
+        if "lora_B" in name:
+            weights[name].fill_(3e38)  # B @ A overflows float32
+    save_file(weights, broken / "adapter_model.safetensors")
+    out = tmp_path / "out"
+    result = run_cli(["merge", "--adapter", str(broken), "--output_dir", str(out), "--no-verify"])
+    assert result.exit_code == 1 and "non-finite values" in result.stderr, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # not even a temporary folder
+
+
 def test_adapter_trained_on_4bit_is_merged_into_the_unquantized_base(adapters, tmp_path):
     qlora = tmp_path / "qlora"
     shutil.copytree(adapters[0], qlora)
