@@ -38,16 +38,20 @@ def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     if position_ids.dim() == 1:
         position_ids = position_ids[None]
     grouped = query.shape[1] != key.shape[1]
-    out = torch.empty_like(query)
-    for row in range(query.shape[0]):
+    rows = query.shape[0]
+    parts = []
+    # unbind and split, not slicing: their backward joins the pieces' gradients in one pass, where
+    # each slice's backward would fill a zero tensor the size of the whole input
+    for row, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
         bounds = segment_bounds(position_ids[row if position_ids.shape[0] > 1 else 0])
-        rows = slice(row, row + 1)  # 4-D slices: 3-D inputs send CPU sdpa to the quadratic math kernel
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            span = slice(start, end)
-            out[rows, :, span] = F.scaled_dot_product_attention(
-                query[rows, :, span], key[rows, :, span], value[rows, :, span], is_causal=True,
-                dropout_p=dropout, scale=scaling, enable_gqa=grouped)
-    return out.transpose(1, 2).contiguous(), None
+        sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+        for q_part, k_part, v_part in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)):
+            # 4-D: 3-D inputs send CPU sdpa to the quadratic math kernel
+            attended = F.scaled_dot_product_attention(q_part[None], k_part[None], v_part[None], is_causal=True,
+                                                      dropout_p=dropout, scale=scaling, enable_gqa=grouped)
+            parts.append(attended[0].transpose(0, 1))  # (tokens, heads, dim)
+    out = torch.cat(parts).view(rows, query.shape[2], query.shape[1], query.shape[3])
+    return out, None
 
 
 def _no_mask(*args, **kwargs):
