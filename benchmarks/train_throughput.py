@@ -17,8 +17,9 @@ measured on its own:
                           per-example attention
   loratk-fp32             no bf16 autocast (fp32 base and compute)
   loratk-plain-loss       transformers' loss on full logits instead of the fused chunked loss
-  loratk-peft-dropout     peft's dropout (a mask and a dropped copy per module) instead of the
-                          dropout folded into lora_A
+  loratk-peft-lora        peft's LoRA forward (a dropout mask and a dropped copy per module,
+                          lora_B's product, the scaling and the sum as separate passes) instead of
+                          loratk's fused LoRA layers
   loratk-checkpointing    gradient checkpointing forced on
 Each configuration runs in its own process (so peak resident memory is its own); repeats are
 interleaved (a, b, c, d, a, b, c, d) so drift in machine load hits all alike. The table shows the
@@ -52,7 +53,7 @@ ABLATIONS = {
     "loratk-masked-attention": ({}, "attention"),
     "loratk-fp32": ({"bf16": False}, None),
     "loratk-plain-loss": ({}, "loss"),
-    "loratk-peft-dropout": ({}, "dropout"),
+    "loratk-peft-lora": ({}, "lora"),
     "loratk-checkpointing": ({"gradient_checkpointing": True}, None),
 }
 MAX_LEN = 512
@@ -105,10 +106,10 @@ def switch_off(mean: str | None) -> None:
         import loratk.engine.trainer
 
         loratk.engine.trainer.head_weight_if_fusable = lambda model: None
-    elif mean == "dropout":
-        import loratk.engine.lora_dropout
+    elif mean == "lora":
+        import loratk.engine.fused_lora
 
-        loratk.engine.lora_dropout.fuse_lora_dropout = lambda model: 0
+        loratk.engine.fused_lora.fuse_lora_layers = lambda model: 0
 
 
 def run_loratk(model: str, data: str, out: str, variant: str = "loratk") -> dict:

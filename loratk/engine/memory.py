@@ -28,7 +28,7 @@ OUTPUT_IN_COMPUTE_DTYPE = frozenset({"bnb-8bit"})
 UNKNOWN_BACKEND_BITS = 8.0
 LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
 ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by attention, in the compute dtype
-# Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.lora_dropout).
+# Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.fused_lora).
 SHARED_INPUTS = (frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"}),
                  frozenset({"gate_proj", "up_proj", "gate_up_proj", "w1", "w3", "c_fc", "fc1"}))
 
@@ -272,8 +272,8 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
     mlp = (3 if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
     # Per adapted module: its input (once for modules that read the same tensor; in the residual
-    # stream's dtype, or the compute dtype for the attention output) and lora_A's output. loratk
-    # folds the dropout into lora_A and draws its mask again in backward: no mask or dropped copy.
+    # stream's dtype, or the compute dtype for the attention output) and lora_A's output. loratk's
+    # fused LoRA layers draw the dropped units again in backward: no mask or dropped copy.
     lora = 0.0
     chosen = set(targeted_names(list(shape.linears), targets))
     inputs_kept: set[str | frozenset] = set()

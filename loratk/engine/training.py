@@ -45,7 +45,7 @@ def peak_memory_mb() -> dict[str, float]:
 def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from loratk.engine.lora_dropout import fuse_lora_dropout
+    from loratk.engine.fused_lora import fuse_lora_layers
 
     if quantized:
         import torch
@@ -63,7 +63,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    fuse_lora_dropout(model)  # no dropout mask or dropped copy kept per adapted module
+    fuse_lora_layers(model)  # one addmm per adapter, dropout without a mask
     if autocast:
         # peft casts each adapter's input to fp32 first; under autocast the adapter matmuls run in
         # bf16/fp16 anyway, so that copy is waste, and the folded dropout would keep it for

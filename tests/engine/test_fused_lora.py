@@ -1,0 +1,170 @@
+"""peft's LoRA layers with a fused forward: peft's results, peft's names, less kept for backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from loratk.engine.fused_lora import FusedLoraForward, _LoraDelta, fuse_lora_layers
+from loratk.engine.lora_dropout import dropped_units
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def reference(result, x, weight_a, weight_b, p, seed, scaling, dtype):
+    """peft's path with the same dropped units: dropout, lora_A, lora_B, scaling, sum."""
+    keep = torch.ones(x.numel(), dtype=torch.bool)
+    keep[dropped_units(x.numel(), p, seed)] = False
+    dropped = torch.where(keep.view(x.shape), x, 0) / (1 - p)
+    delta = dropped.to(dtype) @ weight_a.to(dtype).T @ weight_b.to(dtype).T * scaling
+    return result + delta.to(result.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_the_fused_delta_and_its_gradients_equal_peft_s_path(dtype, p, input_grad):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 10, 32, generator=generator, dtype=dtype).requires_grad_(input_grad)
+    result = torch.randn(3, 10, 24, generator=generator, dtype=dtype, requires_grad=True)
+    weight_a = torch.randn(8, 32, generator=generator, requires_grad=True)
+    weight_b = torch.randn(24, 8, generator=generator, requires_grad=True)
+    inputs = (result, x, weight_a, weight_b)
+    wanted = [t for t in inputs if t.requires_grad]
+    out = _LoraDelta.apply(*inputs, p, 123, 2.0, dtype)
+    grad_out = torch.randn(out.shape, generator=generator, dtype=dtype)
+    fused = torch.autograd.grad(out, wanted, grad_out)
+    expected_out = reference(*inputs, p, 123, 2.0, dtype)
+    expected = torch.autograd.grad(expected_out, wanted, grad_out)
+    assert out.dtype == dtype
+    for got, want in zip([out, *fused], [expected_out, *expected]):
+        assert got.dtype == want.dtype
+        # bf16: a few units in the last place of the largest value (the sums run in another order)
+        scale = 1e-5 if dtype == torch.float32 else 2e-2 * want.abs().max().item()
+        torch.testing.assert_close(got, want, atol=scale, rtol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def tiny_peft(dropout=0.05, seed=0, **lora):
+    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    return get_peft_model(model, LoraConfig(r=4, lora_dropout=dropout, init_lora_weights=False,
+                                            target_modules=TARGETS, **lora))
+
+
+IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+
+
+def logits_and_gradients(model):
+    model.zero_grad()
+    out = model(input_ids=IDS, labels=IDS)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_fusing_keeps_names_outputs_and_gradients():
+    model = tiny_peft(dropout=0.0)  # no dropout: the same numbers as peft's path, up to rounding
+    names = [n for n, _ in model.named_parameters()]
+    logits, grads = logits_and_gradients(model.train())
+    assert fuse_lora_layers(model) == 14
+    assert [n for n, _ in model.named_parameters()] == names
+    assert sum(isinstance(m, FusedLoraForward) for m in model.modules()) == 14
+    fused_logits, fused_grads = logits_and_gradients(model)
+    torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
+    assert fused_grads.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-4)
+    assert fuse_lora_layers(model) == 0  # once is enough
+
+
+def test_dropout_is_on_while_training_only():
+    model = tiny_peft()
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=IDS).logits
+    fuse_lora_layers(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=IDS).logits, before, atol=1e-5, rtol=1e-5)
+        model.train()
+        assert not torch.allclose(model(input_ids=IDS).logits, before, atol=1e-3)
+
+
+def test_disabled_merged_and_dora_adapters_take_peft_s_path():
+    model = tiny_peft(dropout=0.0, use_dora=True)
+    model.eval()
+    with torch.no_grad():
+        dora = model(input_ids=IDS).logits
+        fuse_lora_layers(model)
+        assert torch.equal(model(input_ids=IDS).logits, dora)  # DoRA: peft's own forward, bit for bit
+    plain = tiny_peft(dropout=0.0)
+    fuse_lora_layers(plain)
+    plain.eval()
+    with torch.no_grad():
+        with plain.disable_adapter():
+            base = plain(input_ids=IDS).logits
+        adapted = plain(input_ids=IDS).logits
+        plain.merge_adapter()
+        torch.testing.assert_close(plain(input_ids=IDS).logits, adapted, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(base, adapted)
+
+
+def test_a_trained_fused_adapter_loads_in_plain_peft(tmp_path):
+    model = tiny_peft()
+    fuse_lora_layers(model)
+    model.train()
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_peft(dropout=0.0).get_base_model(), tmp_path)
+    state = {n: p for n, p in loaded.named_parameters() if "lora_" in n}
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(state[name], param)
+
+
+def test_the_same_seed_gives_the_same_gradients_with_checkpointing():
+    def gradients(checkpointing):
+        model = tiny_peft()
+        fuse_lora_layers(model)
+        if checkpointing:
+            model.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        torch.manual_seed(42)
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, recomputed = gradients(False), gradients(True)
+    assert plain.keys() == recomputed.keys()
+    for name in plain:  # the recomputed forward draws the same dropped units
+        torch.testing.assert_close(recomputed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def saved_bytes(model):
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=IDS.repeat(4, 8), labels=IDS.repeat(4, 8)).loss
+    return sum(size for pointer, size in saved.items() if pointer not in params)
+
+
+def test_no_mask_or_dropped_copy_is_kept_for_backward():
+    plain = tiny_peft().train()
+    fused = tiny_peft().train()
+    fuse_lora_layers(fused)
+    tokens, hidden, inter, layers = 4 * 64, 32, 64, 2
+    # peft keeps a mask and a dropped input per adapted module (six read 32 features, down_proj 64);
+    # fused, one input per group of modules that read the same tensor (q/k/v, o, gate/up, down).
+    per_module = tokens * 4 * 2 * (6 * hidden + inter)
+    per_group = tokens * 4 * (3 * hidden + inter)
+    saved = layers * (per_module - per_group)
+    # The first layer's input needs no gradient, so peft keeps no masks there for q, k and v.
+    assert 0.9 * saved <= saved_bytes(plain) - saved_bytes(fused) <= saved
