@@ -2,9 +2,12 @@
 
     python benchmarks/train_throughput.py                 # embedded SmolLM2-135M, ~4k real tokens
     python benchmarks/train_throughput.py --repeats 3 --tokens 8000 --model ./my-model
+    python benchmarks/train_throughput.py --max-seq-length 2048 --tokens 24000 --configs loratk \
+        --no-ablations   # longer rows, same tokens per step
 
-Configurations (same LoRA: rank 8, alpha 16, all seven projections; max_seq_length 512; one
-epoch over the same examples; 4 rows per optimizer step):
+Configurations (same LoRA: rank 8, alpha 16, all seven projections; max_seq_length 512 unless
+--max-seq-length says otherwise; one epoch over the same examples; 2048 row tokens per optimizer
+step, i.e. 4 rows of 512):
   loratk        `loratk train` defaults (whatever they are at the time of the run)
   seed          transformers Trainer + peft, every example padded to max_seq_length (the original
                 single-script way), fp32
@@ -57,7 +60,8 @@ ABLATIONS = {
     "loratk-checkpointing": ({"gradient_checkpointing": True}, None),
 }
 MAX_LEN = 512
-BATCH = 4
+TOKENS_PER_STEP = 2048
+BATCH = TOKENS_PER_STEP // MAX_LEN
 
 
 # -- data ------------------------------------------------------------------------------
@@ -230,6 +234,7 @@ def flops_per_token(model: str, avg_context: float) -> float:
 
 
 def main() -> None:
+    global MAX_LEN, BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data", help="a prompt/completion JSONL file (default: built from stdlib docstrings)")
@@ -238,8 +243,11 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--no-ablations", dest="ablations", action="store_false",
                         help="skip the runs of loratk with one mean taken away")
+    parser.add_argument("--max-seq-length", type=int, default=MAX_LEN,
+                        help=f"row length; rows per step = {TOKENS_PER_STEP} // this (default {MAX_LEN})")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    MAX_LEN, BATCH = args.max_seq_length, max(1, TOKENS_PER_STEP // args.max_seq_length)
     if args.worker:
         return worker(args.worker, args.model, args.data)
 
@@ -258,7 +266,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name in configs:
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--model", args.model,
-                                   "--data", str(data)], capture_output=True, text=True)
+                                   "--data", str(data), "--max-seq-length", str(MAX_LEN)],
+                                  capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
                 print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -275,7 +284,8 @@ def main() -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU ' + torch.backends.cpu.get_cpu_capability()}")
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s; "
-          f"model: {args.model}; {len(lengths)} examples; {args.repeats} interleaved repeats\n")
+          f"model: {args.model}; {len(lengths)} examples; rows of {MAX_LEN} tokens, {BATCH} per step; "
+          f"{args.repeats} interleaved repeats\n")
     print(f"| config | precision | real tokens/s | peak RSS MB | speed vs loratk | memory vs loratk | MFU |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     base_mem = statistics.median(r["peak_rss_mb"] for r in results["loratk"]) if results.get("loratk") else None
