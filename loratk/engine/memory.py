@@ -49,6 +49,7 @@ class ModelShape:
     head_params: int  # output head (0 when tied to the embeddings)
     other_params: int  # embeddings, norms, biases outside the Linear modules
     norms_per_layer: int
+    fused_norms: bool  # loratk's RMSNorm (keeps its input, not an fp32 copy) applies to this model
     gated_mlp: bool
     logit_softcap: bool
     fused_loss: bool  # loratk's chunked loss (no full logits) applies to this model
@@ -133,11 +134,18 @@ def model_shape(model) -> ModelShape:
         linears=groups, head_params=head_params,
         other_params=total - head_params - sum(g.parameters for g in groups),
         norms_per_layer=max(0, norms - 1) // max(1, layers),
+        fused_norms=_norms_fused(model),
         gated_mlp=bool(names & {"gate_proj", "gate_up_proj", "w1", "w3"}),
         logit_softcap=bool(getattr(config, "final_logit_softcapping", None)),
         attn_softcap=bool(getattr(config, "attn_logit_softcapping", None)),
         fused_loss=_fused_loss_applies(model),
     )
+
+
+def _norms_fused(model) -> bool:
+    from loratk.engine.fused_norm import is_llama_rms_norm
+
+    return any(is_llama_rms_norm(type(m)) for m in model.modules())
 
 
 def _fused_loss_applies(model) -> bool:
@@ -203,7 +211,7 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     grads_at_backward = grads if s.gradient_accumulation_steps > 1 else 0
 
     layer = _layer_activations(shape, s, tokens, compute, residual, linear_out, targets)
-    final_norm = tokens * shape.hidden * 4
+    final_norm = tokens * shape.hidden * _norm_bytes(shape, residual)
     if s.gradient_checkpointing:
         saved = shape.layers * tokens * shape.hidden * residual + final_norm
         act_detail = f"{shape.layers} layer inputs kept, one layer recomputed at a time"
@@ -259,10 +267,16 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     return MemoryEstimate(components, phase, s, trainable)
 
 
+def _norm_bytes(shape: ModelShape, residual: int) -> int:
+    """Bytes a norm keeps per input element: transformers' RMSNorm its fp32 copy, loratk's
+    (loratk.engine.fused_norm) the input itself in the residual dtype."""
+    return residual if shape.fused_norms else 4
+
+
 def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, compute: int, residual: int,
                        linear_out: int, targets) -> float:
     """Bytes one decoder layer keeps for backward."""
-    norms = shape.norms_per_layer * tokens * shape.hidden * 4  # RMSNorm keeps its fp32 input
+    norms = shape.norms_per_layer * tokens * shape.hidden * _norm_bytes(shape, residual)
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     # q, k, v and the output (sdpa and loratk's per-example attention alike: its slices are views).
     attention = tokens * (2 * q_width + 2 * kv_width) * compute + s.batch_size * shape.heads * s.seq_len * 4

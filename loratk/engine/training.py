@@ -46,6 +46,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from loratk.engine.fused_lora import fuse_lora_layers
+    from loratk.engine.fused_norm import fuse_rms_norms
 
     if quantized:
         import torch
@@ -64,6 +65,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     fuse_lora_layers(model)  # one addmm per adapter, dropout without a mask
+    fuse_rms_norms(model)  # frozen norms: closed-form backward, no fp32 copy kept
     if autocast:
         # peft casts each adapter's input to fp32 first; under autocast the adapter matmuls run in
         # bf16/fp16 anyway, so that copy is waste, and the folded dropout would keep it for
