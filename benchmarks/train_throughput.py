@@ -23,6 +23,8 @@ measured on its own:
   loratk-peft-lora        peft's LoRA forward (a dropout mask and a dropped copy per module,
                           lora_B's product, the scaling and the sum as separate passes) instead of
                           loratk's fused LoRA layers
+  loratk-plain-norm       transformers' RMSNorm (autograd's backward, an fp32 copy kept) instead
+                          of loratk's frozen RMSNorm
   loratk-checkpointing    gradient checkpointing forced on
 Each configuration runs in its own process (so peak resident memory is its own); repeats are
 interleaved (a, b, c, d, a, b, c, d) so drift in machine load hits all alike. The table shows the
@@ -57,6 +59,7 @@ ABLATIONS = {
     "loratk-fp32": ({"bf16": False}, None),
     "loratk-plain-loss": ({}, "loss"),
     "loratk-peft-lora": ({}, "lora"),
+    "loratk-plain-norm": ({}, "norm"),
     "loratk-checkpointing": ({"gradient_checkpointing": True}, None),
 }
 MAX_LEN = 512
@@ -114,6 +117,10 @@ def switch_off(mean: str | None) -> None:
         import loratk.engine.fused_lora
 
         loratk.engine.fused_lora.fuse_lora_layers = lambda model: 0
+    elif mean == "norm":
+        import loratk.engine.fused_norm
+
+        loratk.engine.fused_norm.fuse_rms_norms = lambda model: 0
 
 
 def run_loratk(model: str, data: str, out: str, variant: str = "loratk") -> dict:
