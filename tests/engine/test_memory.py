@@ -58,6 +58,22 @@ def test_terms_move_the_way_the_options_do(llama7b):
     assert component(on_cpu, "base weights") == pytest.approx(6.74e9 * 4, rel=0.01)
 
 
+def test_llama_style_norms_keep_their_input_in_the_residual_dtype(llama7b):
+    from transformers import AutoConfig
+
+    from loratk.engine.meta_model import meta_model_from_config
+
+    assert llama7b.fused_norms
+    base = MemorySettings(batch_size=4, seq_len=1024, targets=LLAMA_TARGETS)
+    fused = component(estimate(llama7b, base), "activations")
+    plain = component(estimate(dataclasses.replace(llama7b, fused_norms=False), base), "activations")
+    norms = 2 * llama7b.layers + 1
+    assert plain - fused == pytest.approx(norms * 4 * 1024 * llama7b.hidden * (4 - 2))  # bf16 input, not fp32
+    gemma = AutoConfig.for_model("gemma", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=256)
+    assert not model_shape(meta_model_from_config(gemma)).fused_norms  # (1 + weight): transformers' own
+
+
 def test_the_loss_is_chunked_like_loratks_fused_loss(llama7b):
     from loratk.engine.loss import DEFAULT_CHUNK
 
