@@ -114,3 +114,22 @@ def measure_training_peak(train_run: Callable[[Callable[[Any], None]], Any]) -> 
     kept = set(model_tensor_bytes(state["model"]))
     loaded = sum(size for pointer, size in state["tensors"].items() if pointer in kept)
     return loaded + state["profiler"].peak()
+
+
+def kept_for_backward(run: Callable[[], Any], leave_out=()) -> int:
+    """Bytes of the distinct storages autograd keeps for backward while ``run()`` builds its graph.
+
+    Storages of the tensors in ``leave_out`` (usually a model's parameters) are not counted.
+    """
+    import torch
+
+    left_out = {t.untyped_storage().data_ptr() for t in leave_out}
+    kept: dict[int, int] = {}
+
+    def pack(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(size for pointer, size in kept.items() if pointer not in left_out)

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from loratk.engine.fused_lora import FusedLoraForward, _LoraDelta, fuse_lora_layers
 from loratk.engine.lora_dropout import dropped_units
+from loratk.engine.memory_measure import kept_for_backward
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -144,16 +145,8 @@ def test_the_same_seed_gives_the_same_gradients_with_checkpointing():
 
 
 def saved_bytes(model):
-    saved = {}
-
-    def pack(tensor):
-        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=IDS.repeat(4, 8), labels=IDS.repeat(4, 8)).loss
-    return sum(size for pointer, size in saved.items() if pointer not in params)
+    ids = IDS.repeat(4, 8)
+    return kept_for_backward(lambda: model(input_ids=ids, labels=ids).loss, leave_out=list(model.parameters()))
 
 
 def test_no_mask_or_dropped_copy_is_kept_for_backward():

@@ -10,6 +10,7 @@ from transformers.models.olmo2.modeling_olmo2 import Olmo2RMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from loratk.engine.fused_norm import FusedRMSNorm, fuse_rms_norms, is_llama_rms_norm
+from loratk.engine.memory_measure import kept_for_backward
 
 
 def norm_pair(dtype, weight_dtype=None):
@@ -56,15 +57,7 @@ def test_only_the_llama_formula_is_fused():
 
 
 def kept_bytes(norm, x):
-    kept = {}
-
-    def pack(tensor):
-        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        norm(x)
-    return sum(size for pointer, size in kept.items() if pointer != norm.weight.untyped_storage().data_ptr())
+    return kept_for_backward(lambda: norm(x), leave_out=[norm.weight])
 
 
 def test_backward_keeps_the_input_and_a_scale_per_token_not_an_fp32_copy():
