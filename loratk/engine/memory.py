@@ -278,7 +278,7 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
     """Bytes one decoder layer keeps for backward."""
     norms = shape.norms_per_layer * tokens * shape.hidden * _norm_bytes(shape, residual)
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    # q, k, v and the output (sdpa and loratk's per-example attention alike: its slices are views).
+    # q, k, v and the output (sdpa and loratk's per-example attention alike: its pieces are views).
     attention = tokens * (2 * q_width + 2 * kv_width) * compute + s.batch_size * shape.heads * s.seq_len * 4
     if s.attn_implementation == "eager":
         scores = s.batch_size * shape.heads * s.seq_len * s.seq_len
