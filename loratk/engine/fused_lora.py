@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from loratk.engine.lora_dropout import DroppedUnits
+from loratk.engine.mixins import mix_into
 
 
 class _LoraDelta(torch.autograd.Function):
@@ -104,9 +105,6 @@ class FusedLoraForward:
         return True
 
 
-_FUSED_CLASSES: dict[type, type] = {}
-
-
 def _plain_forwards() -> set:
     """The forwards of peft's LoRA linear classes whose plain-LoRA path ``_LoraDelta`` replaces."""
     from peft.tuners.lora import bnb
@@ -124,13 +122,5 @@ def fuse_lora_layers(model) -> int:
     from peft.tuners.lora import LoraLayer
 
     plain = _plain_forwards()
-    fused = 0
-    for module in model.modules():
-        cls = type(module)
-        if not isinstance(module, LoraLayer) or isinstance(module, FusedLoraForward) or cls.forward not in plain:
-            continue
-        if cls not in _FUSED_CLASSES:
-            _FUSED_CLASSES[cls] = type(f"Fused{cls.__name__}", (FusedLoraForward, cls), {"__module__": __name__})
-        module.__class__ = _FUSED_CLASSES[cls]
-        fused += 1
-    return fused
+    return mix_into(model, FusedLoraForward,
+                    lambda module: isinstance(module, LoraLayer) and type(module).forward in plain)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from loratk.engine.mixins import mix_into
+
 
 class _FrozenRMSNorm(torch.autograd.Function):
     @staticmethod
@@ -52,9 +54,6 @@ def _same_code(a, b) -> bool:
             and a.co_names == b.co_names)
 
 
-_FUSED_CLASSES: dict[type, type] = {}
-
-
 def is_llama_rms_norm(cls: type) -> bool:
     """Whether ``cls`` computes exactly transformers' Llama RMSNorm (same forward bytecode)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -64,13 +63,4 @@ def is_llama_rms_norm(cls: type) -> bool:
 
 def fuse_rms_norms(model) -> int:
     """Give every Llama-style RMSNorm of ``model`` the hand-written backward; returns how many."""
-    fused = 0
-    for module in model.modules():
-        cls = type(module)
-        if isinstance(module, FusedRMSNorm) or not is_llama_rms_norm(cls):
-            continue
-        if cls not in _FUSED_CLASSES:
-            _FUSED_CLASSES[cls] = type(f"Fused{cls.__name__}", (FusedRMSNorm, cls), {"__module__": __name__})
-        module.__class__ = _FUSED_CLASSES[cls]
-        fused += 1
-    return fused
+    return mix_into(model, FusedRMSNorm, lambda module: is_llama_rms_norm(type(module)))

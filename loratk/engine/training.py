@@ -67,9 +67,9 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     fuse_lora_layers(model)  # one addmm per adapter, dropout without a mask
     fuse_rms_norms(model)  # frozen norms: closed-form backward, no fp32 copy kept
     if autocast:
-        # peft casts each adapter's input to fp32 first; under autocast the adapter matmuls run in
-        # bf16/fp16 anyway, so that copy is waste, and the folded dropout would keep it for
-        # backward once per module instead of the shared input once per group.
+        # Layers that keep peft's forward (DoRA and other variants) cast each adapter's input to
+        # fp32 first; under autocast their matmuls run in bf16/fp16 anyway, so that copy is waste.
+        # (The fused layers never make it.)
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False

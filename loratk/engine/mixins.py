@@ -1,0 +1,26 @@
+"""Give chosen modules of a model a mixin's methods by swapping their class for a subclass.
+
+The subclass (``Fused<Name>``, made once per mixin and class) puts the mixin before the original
+class, so ``isinstance`` checks, parameters and state-dict names stay as they were.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def mix_into(model, mixin: type, applies: Callable[[object], bool]) -> int:
+    """Put ``mixin`` in front of the class of every module of ``model`` that ``applies`` accepts
+    and does not have it yet; return how many modules changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, mixin) or not applies(module):
+            continue
+        cls = type(module)
+        if (mixin, cls) not in _SUBCLASSES:
+            _SUBCLASSES[mixin, cls] = type(f"Fused{cls.__name__}", (mixin, cls), {"__module__": mixin.__module__})
+        module.__class__ = _SUBCLASSES[mixin, cls]
+        changed += 1
+    return changed
