@@ -1,0 +1,90 @@
+"""The batched-matmul attention kernel equals causal softmax attention and keeps nothing quadratic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loratk.engine import short_attention
+from loratk.engine.memory_measure import kept_for_backward
+from loratk.engine.short_attention import applies, causal_attention
+
+
+def inputs(heads, kv_heads, length, dtype=torch.float32, dim=16, sharpness=2.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(n, length, dim, generator=generator) for n in (heads, kv_heads, kv_heads))
+    return [t.to(dtype).requires_grad_() for t in (q * sharpness, k * sharpness, v)]
+
+
+def outputs_and_grads(fn, q, k, v, grad):
+    out = fn(q, k, v)
+    return [out, *torch.autograd.grad(out, (q, k, v), grad.to(out.dtype))]
+
+
+def reference(q, k, v):
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True,
+                                          enable_gqa=q.shape[0] != k.shape[0])[0]
+
+
+def eager(q, k, v):
+    """transformers' eager attention: scores in the input dtype, float32 softmax."""
+    groups = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+    length = q.shape[1]
+    scores = q @ k.transpose(1, 2) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    return scores.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+def mine(q, k, v):
+    return causal_attention(q, k, v, q.shape[-1] ** -0.5)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (3, 1)])
+@pytest.mark.parametrize("length", [1, 5, 37])
+def test_equals_sdpa_in_float32(heads, kv_heads, length):
+    q, k, v = inputs(heads, kv_heads, length)
+    grad = torch.randn(heads, length, q.shape[-1])
+    for got, expected in zip(outputs_and_grads(mine, q, k, v, grad), outputs_and_grads(reference, q, k, v, grad)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_is_as_accurate_as_transformers_eager_attention():
+    q, k, v = inputs(6, 2, 200)
+    grad = torch.randn(6, 200, q.shape[-1])
+    exact = outputs_and_grads(reference, q, k, v, grad)
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    for got, eager_got, expected in zip(outputs_and_grads(mine, *low, grad), outputs_and_grads(eager, *low, grad),
+                                        exact):
+        assert got.dtype == torch.bfloat16
+        error, eager_error = (got.float() - expected).abs().max(), (eager_got.float() - expected).abs().max()
+        assert error <= 1.25 * eager_error + 1e-3
+        assert error < 0.05 * expected.abs().max()
+
+
+def test_runs_under_autocast_with_the_inputs_dtype():
+    q, k, v = (t.detach().bfloat16().requires_grad_() for t in inputs(4, 2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mine(q, k, v)
+    out.float().sum().backward()
+    assert out.dtype == q.grad.dtype == k.grad.dtype == torch.bfloat16
+
+
+def test_keeps_only_the_scaled_query_key_and_value_for_backward():
+    q, k, v = inputs(6, 2, 300, dtype=torch.bfloat16)
+    assert kept_for_backward(lambda: mine(q, k, v)) == (q.numel() + k.numel() + v.numel()) * 2
+    assert kept_for_backward(lambda: reference(q, k, v)) > (q.numel() + k.numel() + v.numel()) * 2
+
+
+def test_applies_to_short_bfloat16_examples_on_cpu_only():
+    short = torch.zeros(4, short_attention.MAX_LENGTH, 8, dtype=torch.bfloat16)
+    assert applies(short)
+    assert not applies(short.float())  # the flash kernel is faster in float32
+    assert not applies(torch.zeros(4, short_attention.MAX_LENGTH + 1, 8, dtype=torch.bfloat16))
+
+
+def test_uneven_head_groups_are_refused():
+    q, k, v = inputs(5, 2, 3)
+    with pytest.raises(ValueError, match="5 query heads cannot share 2"):
+        mine(q, k, v)
