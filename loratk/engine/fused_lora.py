@@ -5,10 +5,10 @@ dropout mask and a dropped copy of every adapted module's input, then three pass
 output-sized tensor (lora_B's product, the multiplication by scaling, the addition) in forward
 and one more (scaling the gradient) in backward, while the adapter itself is only r wide.
 
-Here the same sum is one ``addmm`` into the base layer's output, and dropout is the sparse
-correction of ``loratk.engine.lora_dropout``. Backward keeps the input (one storage, however many
-modules read it), the r-wide ``dropout(x) @ A.T`` and a seed from which the dropped units are
-drawn again. Parameters, names and saved adapters stay peft's; only the layer's class changes, to
+Here the same sum is one ``addmm`` into the base layer's output, and dropout zeroes the units
+that ``loratk.engine.lora_dropout`` draws in a copy of the input, only while lora_A reads it.
+Backward keeps the input (one storage, however many modules read it), the r-wide
+``dropout(x) @ A.T`` and a seed from which the dropped units are drawn again. Parameters, names and saved adapters stay peft's; only the layer's class changes, to
 a subclass whose forward falls back to peft's for anything but plain LoRA (DoRA and other
 variants, merged or disabled adapters, mixed-adapter batches).
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from loratk.engine.lora_dropout import DroppedUnits
+from loratk.engine.lora_dropout import dropped_units, zeroed
 from loratk.engine.mixins import mix_into
 
 
@@ -46,28 +46,23 @@ class _LoraDelta(torch.autograd.Function):
                 grad_b = (g2.T @ low.to(g2.dtype)).mul_(ctx.scaling).to(weight_b.dtype)
             # the gradient of the kept units' r-wide product, 1 / (1 - p) included
             grad_low = (g2 @ weight_b.to(g2.dtype)).to(dtype).mul_(ctx.scaling / (1 - p))
-            dropped = DroppedUnits(x2, p, ctx.seed) if p and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) \
-                else None
+            dropped = dropped_units(x2.numel(), p, ctx.seed, x2.device) if p else None
             if ctx.needs_input_grad[1]:
                 grad_x = grad_low @ weight_a.to(dtype)
                 if dropped is not None:
-                    grad_x.view(-1).index_fill_(0, dropped.flat, 0)
+                    grad_x.view(-1).index_fill_(0, dropped, 0)
                 grad_x = grad_x.to(x.dtype).view(x.shape)
             if ctx.needs_input_grad[2]:
-                grad_a = (grad_low.T @ x2.to(dtype)).float()
-                if dropped is not None:
-                    grad_a -= dropped.transposed_times(grad_low).T
-                grad_a = grad_a.to(weight_a.dtype)
+                grad_a = (grad_low.T @ zeroed(x2, dropped, dtype)).to(weight_a.dtype)
         return grad if ctx.needs_input_grad[0] else None, grad_x, grad_a, grad_b, None, None, None, None
 
 
 def _down(x2: torch.Tensor, weight_a: torch.Tensor, p: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
-    """``dropout(x2, p) @ A.T`` in ``dtype``: the product of all units less that of the dropped ones."""
-    low = x2.to(dtype) @ weight_a.to(dtype).T
+    """``dropout(x2, p) @ A.T`` in ``dtype``, the 1 / (1 - p) applied to the r-wide product."""
     if not p:
-        return low
-    low = low.float() - DroppedUnits(x2, p, seed).times(weight_a.T)
-    return low.mul_(1 / (1 - p)).to(dtype)
+        return x2.to(dtype) @ weight_a.to(dtype).T
+    kept = zeroed(x2, dropped_units(x2.numel(), p, seed, x2.device), dtype)
+    return (kept @ weight_a.to(dtype).T).mul_(1 / (1 - p))
 
 
 class FusedLoraForward:

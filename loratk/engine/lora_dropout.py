@@ -1,18 +1,17 @@
 """LoRA dropout as a short list of dropped units instead of a mask over the whole input.
 
-Dropout in front of ``lora_A`` multiplies an input of tokens x features by a mask, but ``lora_A``
-maps that input to only r columns. With p = 0.05, 95% of the units are kept, so
-``dropout(x) @ A.T`` is computed here as ``x @ A.T`` minus what the dropped 5% contribute: a sparse
-matrix of the dropped units times ``A.T``. Drawing the dropped positions directly (the gaps
-between them are geometric) takes p x units random numbers instead of one per unit, and no pass
-over the input is spent on masking. Each unit is dropped independently with probability exactly
-p, as with ``torch.nn.functional.dropout``.
+Dropout in front of ``lora_A`` multiplies an input of tokens x features by a random mask. Drawing
+the dropped positions directly (the gaps between them are geometric) takes p x units random
+numbers instead of one per unit (5% of them at p = 0.05), and zeroing them in a copy of the
+input touches only those units: the copy, which the matmul needs in its own dtype anyway, is the
+only pass over the input. Nothing mask-sized exists, and backward draws the same units again from
+the seed. Each unit is dropped independently with probability exactly p, as with
+``torch.nn.functional.dropout``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -41,37 +40,12 @@ def dropped_units(numel: int, p: float, seed: int, device: torch.device | str = 
     return indices[:int(torch.searchsorted(indices, numel))]
 
 
-class DroppedUnits:
-    """The units of a (tokens, features) input ``x`` that dropout removes, and products with them.
-
-    With D the matrix that holds x's values at the dropped units and zeros elsewhere,
-    ``dropout(x) = (x - D) / (1 - p)``; ``times`` and ``transposed_times`` give the products with
-    D and D.T that the forward and the weight gradient subtract, through sparse (CSR) matrices.
-    """
-
-    def __init__(self, x: torch.Tensor, p: float, seed: int):
-        self.tokens, self.features = x.shape
-        self.flat = dropped_units(x.numel(), p, seed, x.device)
-        self.token = torch.div(self.flat, self.features, rounding_mode="floor")
-        self.feature = self.flat - self.token * self.features
-        self.values = x.reshape(-1).index_select(0, self.flat).float()
-
-    def times(self, weight_t: torch.Tensor) -> torch.Tensor:
-        """``D @ weight_t`` in float32 (tokens x r)."""
-        rows = _csr(self.token, self.feature, self.values, self.tokens, self.features)
-        return rows @ weight_t.float()
-
-    def transposed_times(self, grad: torch.Tensor) -> torch.Tensor:
-        """``D.T @ grad`` in float32 (features x r)."""
-        order = torch.argsort(self.feature, stable=True)
-        columns = _csr(self.feature.index_select(0, order), self.token.index_select(0, order),
-                       self.values.index_select(0, order), self.features, self.tokens)
-        return columns @ grad.float()
-
-
-def _csr(row: torch.Tensor, column: torch.Tensor, values: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-    """A CSR matrix from entries already sorted by row."""
-    starts = torch.searchsorted(row, torch.arange(rows + 1, device=row.device))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(starts, column, values, size=(rows, columns), check_invariants=False)
+def zeroed(x: torch.Tensor, units: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """x in ``dtype`` with the flat ``units`` (from ``dropped_units``) set to zero, in a contiguous
+    copy when there are units to zero. ``dropout(x) == zeroed(x, units, dtype) / (1 - p)``; callers
+    apply the division to an r-wide product instead of the whole input."""
+    if units is None:
+        return x.to(dtype)
+    kept = x.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+    kept.view(-1).index_fill_(0, units, 0)
+    return kept
