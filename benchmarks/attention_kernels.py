@@ -5,9 +5,8 @@
 
 For each example length, times forward plus backward of one example's causal attention (the
 model's query, key/value heads and head size) with ``scaled_dot_product_attention``'s flash kernel
-and with ``loratk.engine.short_attention`` in the same run, and prints both, their ratio, and the
-flash kernel's FLOP rate against the matmul peak measured in the same run. The crossover is where
-``short_attention.MAX_LENGTH`` should sit on this machine.
+and with ``loratk.engine.matmul_attention`` in the same run, and prints both, their ratio, and
+each kernel's FLOP rate (causal FLOPs) against the matmul peak measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--lengths", default="32,64,128,256,384,512,768,1024,1536,2048")
+    parser.add_argument("--lengths", default="32,64,128,256,384,512,768,1024,1536,2048,4096")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
@@ -38,7 +37,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from loratk.engine.models import load_config, resolve_model_path
-    from loratk.engine.short_attention import MAX_LENGTH, causal_attention
+    from loratk.engine.matmul_attention import BLOCK_BYTES, causal_attention
 
     config = load_config(resolve_model_path(args.model))
     heads = config.num_attention_heads
@@ -49,8 +48,8 @@ def main() -> None:
     peak = 2 * 2048**3 / timed(lambda: a @ b, 5)
     print(f"{args.model}: {heads} heads, {kv_heads} key/value heads, head size {dim}; {args.dtype}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.0f} GFLOP/s; "
-          f"loratk's MAX_LENGTH {MAX_LENGTH}")
-    print(f"{'length':>7} {'flash ms':>9} {'bmm ms':>8} {'flash/bmm':>10} {'flash % of peak':>16}")
+          f"loratk's blocks of {BLOCK_BYTES >> 10} KiB")
+    print(f"{'length':>7} {'flash ms':>9} {'bmm ms':>8} {'flash/bmm':>10} {'flash % of peak':>16} {'bmm % of peak':>14}")
     for length in (int(n) for n in args.lengths.split(",")):
         query = torch.randn(heads, length, dim, dtype=dtype, requires_grad=True)
         key = torch.randn(kv_heads, length, dim, dtype=dtype, requires_grad=True)
@@ -66,7 +65,7 @@ def main() -> None:
         flash_s, bmm_s = timed(flash, args.repeats), timed(bmm, args.repeats)
         flops = 3 * 2 * 2 * heads * length * length * dim / 2  # causal forward (2 products) + backward (4)
         print(f"{length:>7} {flash_s * 1e3:>9.2f} {bmm_s * 1e3:>8.2f} {flash_s / bmm_s:>9.2f}x "
-              f"{100 * flops / flash_s / peak:>15.0f}%")
+              f"{100 * flops / flash_s / peak:>15.0f}% {100 * flops / bmm_s / peak:>13.0f}%")
 
 
 if __name__ == "__main__":

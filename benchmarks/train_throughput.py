@@ -19,7 +19,7 @@ measured on its own:
   loratk-masked-attention packed rows, but transformers' block-diagonal mask instead of
                           per-example attention
   loratk-flash-attention  per-example attention, every example through sdpa's flash kernel
-                          instead of loratk's batched-matmul kernel for short bf16 examples on CPU
+                          instead of loratk's blocked batched-matmul kernel (bf16 on CPU)
   loratk-fp32             no bf16 autocast (fp32 base and compute)
   loratk-plain-loss       transformers' loss on full logits instead of the fused chunked loss
   loratk-peft-lora        peft's LoRA forward (a dropout mask and a dropped copy per module,
@@ -58,7 +58,7 @@ CONFIGS = ("loratk", "seed", "trl-fp32", "trl-bf16")
 ABLATIONS = {
     "loratk-no-packing": ({"packing": False}, None),
     "loratk-masked-attention": ({}, "attention"),
-    "loratk-flash-attention": ({}, "short-attention"),
+    "loratk-flash-attention": ({}, "matmul-attention"),
     "loratk-fp32": ({"bf16": False}, None),
     "loratk-plain-loss": ({}, "loss"),
     "loratk-peft-lora": ({}, "lora"),
@@ -112,10 +112,10 @@ def switch_off(mean: str | None) -> None:
         import loratk.engine.attention
 
         loratk.engine.attention.use_varlen_attention = lambda model, max_seq_length: False
-    elif mean == "short-attention":
-        import loratk.engine.short_attention
+    elif mean == "matmul-attention":
+        import loratk.engine.matmul_attention
 
-        loratk.engine.short_attention.applies = lambda query: False
+        loratk.engine.matmul_attention.applies = lambda query: False
     elif mean == "loss":
         import loratk.engine.trainer
 

@@ -5,8 +5,8 @@ each example. transformers then builds a block-diagonal mask, and a masked ``sca
 falls back to the kernel that materialises the full attention matrix. loratk instead registers
 an attention function that cuts the row at the restarts and runs causal attention on each example
 alone: nothing quadratic in the row length is stored, and no mask is built at all. Each example goes
-to the faster of two kernels: sdpa's memory-efficient (flash) kernel, or on CPU in bfloat16, for
-examples up to ``short_attention.MAX_LENGTH`` tokens, loratk's batched-matmul kernel.
+to the faster of two kernels: on CPU in bfloat16 loratk's blocked batched-matmul kernel
+(``loratk.engine.matmul_attention``), elsewhere sdpa's memory-efficient (flash) kernel.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from loratk.engine import short_attention
+from loratk.engine import matmul_attention
 
 NAME = "loratk_varlen"
 # Architectures whose attention is plain causal softmax attention called through transformers'
@@ -49,9 +49,9 @@ def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         bounds = segment_bounds(position_ids[row if position_ids.shape[0] > 1 else 0])
         sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
         for q_part, k_part, v_part in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)):
-            if not dropout and short_attention.applies(q_part):
-                attended = short_attention.causal_attention(q_part, k_part, v_part,
-                                                            scaling or q_part.shape[-1] ** -0.5)
+            if not dropout and matmul_attention.applies(q_part):
+                attended = matmul_attention.causal_attention(q_part, k_part, v_part,
+                                                             scaling or q_part.shape[-1] ** -0.5)
             else:
                 # 4-D: 3-D inputs send CPU sdpa to the quadratic math kernel
                 attended = F.scaled_dot_product_attention(q_part[None], k_part[None], v_part[None], is_causal=True,

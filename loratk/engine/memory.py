@@ -27,7 +27,6 @@ BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
 OUTPUT_IN_COMPUTE_DTYPE = frozenset({"bnb-8bit"})
 UNKNOWN_BACKEND_BITS = 8.0
 LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
-SHORT_ATTENTION_MAX_LENGTH = 1024  # loratk.engine.short_attention.MAX_LENGTH
 ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by attention, in the compute dtype
 # Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.fused_lora).
 SHARED_INPUTS = (frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"}),
@@ -233,13 +232,6 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         logits = tokens * shape.vocab * (3 * 4 + (compute if shape.logit_softcap else 0))
         logits_detail = f"{tokens:,} tokens x {shape.vocab:,} vocab in fp32, 3 copies in backward"
     transient = 3 * tokens * shape.intermediate * linear_out
-    transient_detail = "gradients inside the MLP"
-    if _short_attention(s):
-        # one example's probabilities, their gradient and the scores' gradient, recomputed in backward
-        longest = min(s.seq_len, SHORT_ATTENTION_MAX_LENGTH)
-        if 3 * shape.heads * longest * longest * compute > transient:
-            transient = 3 * shape.heads * longest * longest * compute
-            transient_detail = f"one {longest}-token example's attention matrices"
     if quantized:
         transient += max(g.in_features * g.out_features for g in shape.linears) * compute
     recomputed = layer if s.gradient_checkpointing else 0
@@ -263,7 +255,7 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     if phase == "loss":
         components.append(Component("logits and loss", logits, logits_detail))
     elif phase == "decoder layer backward":
-        components.append(Component("backward temporaries", transient, transient_detail
+        components.append(Component("backward temporaries", transient, "gradients inside the MLP"
                                     + (" and one dequantized weight" if quantized else "")))
     elif phase == "optimizer step":
         components.append(Component("optimizer temporaries", trainable * 4, "one fp32 copy of the adapters"))
@@ -275,11 +267,11 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     return MemoryEstimate(components, phase, s, trainable)
 
 
-def _short_attention(s: MemorySettings) -> bool:
-    """Whether the run's examples go to loratk's batched-matmul attention (loratk.engine.short_attention),
-    which keeps the scaled query, the key and the value, and not the output and log-sum-exp."""
-    return (s.attn_implementation == "loratk_varlen" and s.device == "cpu" and s.precision == "bf16"
-            and s.seq_len <= SHORT_ATTENTION_MAX_LENGTH)
+def _matmul_attention(s: MemorySettings) -> bool:
+    """Whether the run's examples go to loratk's batched-matmul attention (loratk.engine.matmul_attention),
+    which keeps the scaled query, the key and the value, and not the output and log-sum-exp. Its
+    scores are built in blocks of about a MiB: too little to count."""
+    return s.attn_implementation == "loratk_varlen" and s.device == "cpu" and s.precision == "bf16"
 
 
 def _norm_bytes(shape: ModelShape, residual: int) -> int:
@@ -293,7 +285,7 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
     """Bytes one decoder layer keeps for backward."""
     norms = shape.norms_per_layer * tokens * shape.hidden * _norm_bytes(shape, residual)
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    if _short_attention(s):
+    if _matmul_attention(s):
         attention = tokens * (q_width + 2 * kv_width) * compute
     else:
         # q, k, v, the output and the log-sum-exp (sdpa and loratk's per-example attention alike:

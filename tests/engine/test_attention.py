@@ -52,7 +52,7 @@ def test_a_sliding_window_shorter_than_the_rows_is_not_exact(tiny_model_factory)
 
 
 def test_bfloat16_packed_rows_match_eager_attention_on_each_example(tiny_model_factory):
-    """In bf16 the short examples go to loratk's batched-matmul kernel: as exact as eager attention."""
+    """In bf16 on CPU examples go to loratk's batched-matmul kernel: as exact as eager attention."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama"), dtype=torch.bfloat16,
                                                  attn_implementation="eager")
     model.config.use_cache = False
@@ -68,10 +68,8 @@ def test_bfloat16_packed_rows_match_eager_attention_on_each_example(tiny_model_f
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_memory_does_not_grow_with_the_square_of_the_row(dtype):
-    """Long examples go to the memory-efficient kernel: twice the tokens, at most about twice the peak."""
-    from loratk.engine.short_attention import MAX_LENGTH
-
-    short, long = attention_peak(MAX_LENGTH + 1, dtype), attention_peak(2 * MAX_LENGTH + 2, dtype)
+    """Both kernels are memory-efficient: twice the tokens, at most about twice the peak."""
+    short, long = attention_peak(1500, dtype), attention_peak(3000, dtype)
     assert long < 2.5 * short  # a heads x seq x seq buffer would make it about 4x
 
 

@@ -74,25 +74,16 @@ def test_llama_style_norms_keep_their_input_in_the_residual_dtype(llama7b):
     assert not model_shape(meta_model_from_config(gemma)).fused_norms  # (1 + weight): transformers' own
 
 
-def test_short_bfloat16_examples_on_cpu_keep_no_attention_output(llama7b):
-    from loratk.engine.memory import SHORT_ATTENTION_MAX_LENGTH
-    from loratk.engine.short_attention import MAX_LENGTH
-
-    assert SHORT_ATTENTION_MAX_LENGTH == MAX_LENGTH
+def test_bfloat16_examples_on_cpu_keep_no_attention_output(llama7b):
     base = MemorySettings(batch_size=4, seq_len=512, targets=LLAMA_TARGETS, device="cpu",
                           attn_implementation="loratk_varlen")
     flash = estimate(llama7b, dataclasses.replace(base, device="cuda"))
-    short = estimate(llama7b, base)
+    matmul = estimate(llama7b, base)
     # per layer: the output (bf16) and the log-sum-exp (fp32) are not kept
     saved = 4 * 512 * (4096 * 2 + 32 * 4) * 32
-    assert component(flash, "activations") - component(short, "activations") == pytest.approx(saved)
-    assert component(estimate(llama7b, dataclasses.replace(base, precision="fp32")), "activations") > \
-        2 * component(short, "activations") - 1  # fp32 runs the flash kernel, and in fp32
-    longest = dataclasses.replace(base, seq_len=MAX_LENGTH, batch_size=1, gradient_checkpointing=True)
-    backward = estimate(llama7b, longest)
-    matrices = 3 * 32 * MAX_LENGTH * MAX_LENGTH * 2
-    assert backward.phase == "decoder layer backward"
-    assert component(backward, "backward temporaries") == matrices  # more than the MLP's 3 x 1024 x 11008
+    assert component(flash, "activations") - component(matmul, "activations") == pytest.approx(saved)
+    fp32 = estimate(llama7b, dataclasses.replace(base, precision="fp32"))  # the flash kernel, in fp32
+    assert component(fp32, "activations") > 2 * component(matmul, "activations")
 
 
 def test_the_loss_is_chunked_like_loratks_fused_loss(llama7b):

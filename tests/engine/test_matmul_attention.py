@@ -1,4 +1,4 @@
-"""The batched-matmul attention kernel equals causal softmax attention and keeps nothing quadratic."""
+"""The blocked batched-matmul attention kernel equals causal softmax attention and keeps nothing quadratic."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loratk.engine import short_attention
+from loratk.engine import matmul_attention
 from loratk.engine.memory_measure import kept_for_backward
-from loratk.engine.short_attention import applies, causal_attention
+from loratk.engine.matmul_attention import applies, blocks, causal_attention
 
 
 def inputs(heads, kv_heads, length, dtype=torch.float32, dim=16, sharpness=2.0, seed=0):
@@ -41,18 +41,41 @@ def mine(q, k, v):
     return causal_attention(q, k, v, q.shape[-1] ** -0.5)
 
 
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 8 positions, so that short inputs span several."""
+    monkeypatch.setattr(matmul_attention, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(matmul_attention, "MIN_BLOCK_POSITIONS", 8)
+
+
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (3, 1)])
 @pytest.mark.parametrize("length", [1, 5, 37])
-def test_equals_sdpa_in_float32(heads, kv_heads, length):
+@pytest.mark.parametrize("blocked", [False, True])
+def test_equals_sdpa_in_float32(heads, kv_heads, length, blocked, request):
+    if blocked:
+        request.getfixturevalue("small_blocks")
+        assert len(blocks(length, heads, 4)) == -(-length // 8)
     q, k, v = inputs(heads, kv_heads, length)
     grad = torch.randn(heads, length, q.shape[-1])
     for got, expected in zip(outputs_and_grads(mine, q, k, v, grad), outputs_and_grads(reference, q, k, v, grad)):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_bfloat16_is_as_accurate_as_transformers_eager_attention():
-    q, k, v = inputs(6, 2, 200)
-    grad = torch.randn(6, 200, q.shape[-1])
+def test_noncontiguous_inputs_as_transformers_passes_them(small_blocks):
+    """transformers hands over (heads, tokens, dim) views of (tokens, heads, dim) storage."""
+    q, k, v = (t.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+               for t in inputs(6, 2, 21))
+    assert not q.is_contiguous()
+    grad = torch.randn(21, 6, q.shape[-1]).transpose(0, 1)  # a non-contiguous gradient too
+    for got, expected in zip(outputs_and_grads(mine, q, k, v, grad), outputs_and_grads(reference, q, k, v, grad)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [200, 700])
+def test_bfloat16_is_as_accurate_as_transformers_eager_attention(length):
+    q, k, v = inputs(6, 2, length)
+    assert (len(blocks(length, 6, 2)) > 1) == (length == 700)
+    grad = torch.randn(6, length, q.shape[-1])
     exact = outputs_and_grads(reference, q, k, v, grad)
     low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
     for got, eager_got, expected in zip(outputs_and_grads(mine, *low, grad), outputs_and_grads(eager, *low, grad),
@@ -77,11 +100,19 @@ def test_keeps_only_the_scaled_query_key_and_value_for_backward():
     assert kept_for_backward(lambda: reference(q, k, v)) > (q.numel() + k.numel() + v.numel()) * 2
 
 
-def test_applies_to_short_bfloat16_examples_on_cpu_only():
-    short = torch.zeros(4, short_attention.MAX_LENGTH, 8, dtype=torch.bfloat16)
-    assert applies(short)
-    assert not applies(short.float())  # the flash kernel is faster in float32
-    assert not applies(torch.zeros(4, short_attention.MAX_LENGTH + 1, 8, dtype=torch.bfloat16))
+def test_applies_to_bfloat16_on_cpu_only():
+    query = torch.zeros(4, 100, 8, dtype=torch.bfloat16)
+    assert applies(query)
+    assert not applies(query.float())  # the flash kernel is as fast or faster in float32
+
+
+def test_blocks_cover_the_example_and_fit_the_budget():
+    assert blocks(100, 9, 2) == [(0, 100)]
+    spans = blocks(1000, 9, 2)
+    assert len(spans) > 1 and spans[0][0] == 0 and spans[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all((end - start) * 9 * 1000 * 2 <= matmul_attention.BLOCK_BYTES for start, end in spans)
+    assert blocks(100_000, 9, 2)[0] == (0, matmul_attention.MIN_BLOCK_POSITIONS)
 
 
 def test_uneven_head_groups_are_refused():
