@@ -27,6 +27,8 @@ measured on its own:
                           loratk's fused LoRA layers
   loratk-plain-norm       transformers' RMSNorm (autograd's backward, an fp32 copy kept) instead
                           of loratk's frozen RMSNorm
+  loratk-plain-mlp        transformers' gated MLP (silu(gate), gate and up kept) instead of
+                          loratk's (gate and up kept, silu recomputed)
   loratk-checkpointing    gradient checkpointing forced on
 Each configuration runs in its own process (so peak resident memory is its own); repeats are
 interleaved (a, b, c, d, a, b, c, d) so drift in machine load hits all alike. The table shows the
@@ -63,6 +65,7 @@ ABLATIONS = {
     "loratk-plain-loss": ({}, "loss"),
     "loratk-peft-lora": ({}, "lora"),
     "loratk-plain-norm": ({}, "norm"),
+    "loratk-plain-mlp": ({}, "mlp"),
     "loratk-checkpointing": ({"gradient_checkpointing": True}, None),
 }
 MAX_LEN = 512
@@ -128,6 +131,10 @@ def switch_off(mean: str | None) -> None:
         import loratk.engine.fused_norm
 
         loratk.engine.fused_norm.fuse_rms_norms = lambda model: 0
+    elif mean == "mlp":
+        import loratk.engine.fused_mlp
+
+        loratk.engine.fused_mlp.fuse_gated_mlps = lambda model: 0
 
 
 def run_loratk(model: str, data: str, out: str, variant: str = "loratk") -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from loratk.engine.mixins import mix_into
+from loratk.engine.mixins import mix_into, same_code
 
 
 class _FrozenRMSNorm(torch.autograd.Function):
@@ -48,17 +48,11 @@ class FusedRMSNorm:
         return _FrozenRMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
 
 
-def _same_code(a, b) -> bool:
-    a, b = getattr(a, "__code__", None), getattr(b, "__code__", None)
-    return (a is not None and b is not None and a.co_code == b.co_code and a.co_consts == b.co_consts
-            and a.co_names == b.co_names)
-
-
 def is_llama_rms_norm(cls: type) -> bool:
     """Whether ``cls`` computes exactly transformers' Llama RMSNorm (same forward bytecode)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    return issubclass(cls, torch.nn.Module) and _same_code(cls.forward, LlamaRMSNorm.forward)
+    return issubclass(cls, torch.nn.Module) and same_code(cls.forward, LlamaRMSNorm.forward)
 
 
 def fuse_rms_norms(model) -> int:

@@ -51,6 +51,7 @@ class ModelShape:
     norms_per_layer: int
     fused_norms: bool  # loratk's RMSNorm (keeps its input, not an fp32 copy) applies to this model
     gated_mlp: bool
+    fused_mlp: bool  # loratk's gated MLP (keeps gate and up, not silu(gate) too) applies to this model
     logit_softcap: bool
     fused_loss: bool  # loratk's chunked loss (no full logits) applies to this model
     attn_softcap: bool
@@ -136,6 +137,7 @@ def model_shape(model) -> ModelShape:
         norms_per_layer=max(0, norms - 1) // max(1, layers),
         fused_norms=_norms_fused(model),
         gated_mlp=bool(names & {"gate_proj", "gate_up_proj", "w1", "w3"}),
+        fused_mlp=_mlps_fused(model),
         logit_softcap=bool(getattr(config, "final_logit_softcapping", None)),
         attn_softcap=bool(getattr(config, "attn_logit_softcapping", None)),
         fused_loss=_fused_loss_applies(model),
@@ -146,6 +148,12 @@ def _norms_fused(model) -> bool:
     from loratk.engine.fused_norm import is_llama_rms_norm
 
     return any(is_llama_rms_norm(type(m)) for m in model.modules())
+
+
+def _mlps_fused(model) -> bool:
+    from loratk.engine.fused_mlp import is_llama_silu_mlp
+
+    return any(is_llama_silu_mlp(m) for m in model.modules())
 
 
 def _fused_loss_applies(model) -> bool:
@@ -295,7 +303,8 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         scores = s.batch_size * shape.heads * s.seq_len * s.seq_len
         attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head
         attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
-    mlp = (3 if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
+    # the gated MLP's gate, up and silu(gate) (loratk's: gate and up); a plain MLP's two
+    mlp = (3 - shape.fused_mlp if shape.gated_mlp else 2) * tokens * shape.intermediate * linear_out
     # Per adapted module: its input (once for modules that read the same tensor; in the residual
     # stream's dtype, or the compute dtype for the attention output) and lora_A's output. loratk's
     # fused LoRA layers draw the dropped units again in backward: no mask or dropped copy.

@@ -11,6 +11,13 @@ from typing import Callable
 _SUBCLASSES: dict[tuple[type, type], type] = {}
 
 
+def same_code(a, b) -> bool:
+    """Whether two functions have the same bytecode, constants and names: the same computation."""
+    a, b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (a is not None and b is not None and a.co_code == b.co_code and a.co_consts == b.co_consts
+            and a.co_names == b.co_names)
+
+
 def mix_into(model, mixin: type, applies: Callable[[object], bool]) -> int:
     """Put ``mixin`` in front of the class of every module of ``model`` that ``applies`` accepts
     and does not have it yet; return how many modules changed."""

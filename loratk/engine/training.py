@@ -46,6 +46,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from loratk.engine.fused_lora import fuse_lora_layers
+    from loratk.engine.fused_mlp import fuse_gated_mlps
     from loratk.engine.fused_norm import fuse_rms_norms
 
     if quantized:
@@ -66,6 +67,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     model = get_peft_model(model, lora)
     fuse_lora_layers(model)  # one addmm per adapter, dropout without a mask
     fuse_rms_norms(model)  # frozen norms: closed-form backward, no fp32 copy kept
+    fuse_gated_mlps(model)  # silu(gate) * up keeps gate and up, not silu(gate) too
     if autocast:
         # Layers that keep peft's forward (DoRA and other variants) cast each adapter's input to
         # fp32 first; under autocast their matmuls run in bf16/fp16 anyway, so that copy is waste.
