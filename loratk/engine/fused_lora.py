@@ -8,9 +8,10 @@ and one more (scaling the gradient) in backward, while the adapter itself is onl
 Here the same sum is one ``addmm`` into the base layer's output, and dropout zeroes the units
 that ``loratk.engine.lora_dropout`` draws in a copy of the input, only while lora_A reads it.
 Backward keeps the input (one storage, however many modules read it), the r-wide
-``dropout(x) @ A.T`` and a seed from which the dropped units are drawn again. Parameters, names and saved adapters stay peft's; only the layer's class changes, to
-a subclass whose forward falls back to peft's for anything but plain LoRA (DoRA and other
-variants, merged or disabled adapters, mixed-adapter batches).
+``dropout(x) @ A.T`` and a seed from which the dropped units are drawn again. Parameters, names
+and saved adapters stay peft's; only the layer's class changes, to a subclass whose forward falls
+back to peft's for anything but plain LoRA (DoRA and other variants, merged or disabled adapters,
+mixed-adapter batches).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class _LoraDelta(torch.autograd.Function):
                 grad_b = (g2.T @ low.to(g2.dtype)).mul_(ctx.scaling).to(weight_b.dtype)
             # the gradient of the kept units' r-wide product, 1 / (1 - p) included
             grad_low = (g2 @ weight_b.to(g2.dtype)).to(dtype).mul_(ctx.scaling / (1 - p))
-            dropped = dropped_units(x2.numel(), p, ctx.seed, x2.device) if p else None
+            needs_units = p and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+            dropped = dropped_units(x2.numel(), p, ctx.seed, x2.device) if needs_units else None
             if ctx.needs_input_grad[1]:
                 grad_x = grad_low @ weight_a.to(dtype)
                 if dropped is not None:

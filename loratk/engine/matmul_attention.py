@@ -1,6 +1,6 @@
 """Causal attention of one example from batched matmuls, in blocks of query rows, for CPUs.
 
-torch's CPU flash-attention kernel reaches 1-15% of this machine's bf16 matmul peak on one
+torch's CPU flash-attention kernel reaches 1-17% of this machine's bf16 matmul peak on one
 example's attention (``benchmarks/attention_kernels.py``). This kernel builds the attention out of
 ``bmm`` calls, which run near the peak, a block of query rows at a time:
 
@@ -15,8 +15,8 @@ example's attention (``benchmarks/attention_kernels.py``). This kernel builds th
 The query heads that share a key/value head are stacked position-major into one matrix, so each
 product is one batched matmul per key/value head and no key or value is repeated. Scores are
 rounded to the input dtype before the softmax, as in transformers' eager attention. Measured in
-bf16 (2-core AVX512-BF16 CPU): 2-3x the flash kernel up to 512 tokens, 1.3-1.6x from 768 to 8192
-tokens. In float32 the flash kernel is as fast or faster, so this runs in bfloat16 only.
+bf16 (2-core AVX512-BF16 CPU): 1.3-2.9x the flash kernel from 32 to 4096 tokens (2.2-2.9x from
+64 to 512, 1.6x from 1536 up), 1.3x at 8192. In float32 the flash kernel is as fast or faster, so this runs in bfloat16 only.
 """
 
 from __future__ import annotations

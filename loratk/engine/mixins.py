@@ -1,7 +1,8 @@
 """Give chosen modules of a model a mixin's methods by swapping their class for a subclass.
 
 The subclass (``Fused<Name>``, made once per mixin and class) puts the mixin before the original
-class, so ``isinstance`` checks, parameters and state-dict names stay as they were.
+class, so ``isinstance`` checks, parameters and state-dict names stay as they were. ``same_code``
+tells whether a module's forward is a known one, bytecode for bytecode, before a mixin replaces it.
 """
 
 from __future__ import annotations
