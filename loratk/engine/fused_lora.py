@@ -1,17 +1,21 @@
-"""peft's LoRA linear layers with the adapter path as one autograd function.
+"""peft's LoRA linear layers with the adapter path as two autograd functions.
 
-peft computes ``result + lora_B(lora_A(dropout(x))) * scaling``. Besides the matmuls, that is a
-dropout mask and a dropped copy of every adapted module's input, then three passes over an
-output-sized tensor (lora_B's product, the multiplication by scaling, the addition) in forward
-and one more (scaling the gradient) in backward, while the adapter itself is only r wide.
+peft computes ``result + lora_B(lora_A(dropout(x))) * scaling`` in every adapted layer. Besides
+the matmuls, that is a dropout mask and a dropped copy of every layer's input, then three passes
+over an output-sized tensor (lora_B's product, the multiplication by scaling, the addition) in
+forward and one more (scaling the gradient) in backward, while the adapter itself is only r wide.
 
-Here the same sum is one ``addmm`` into the base layer's output, and dropout zeroes the units
-that ``loratk.engine.lora_dropout`` draws in a copy of the input, only while lora_A reads it.
-Backward keeps the input (one storage, however many modules read it), the r-wide
-``dropout(x) @ A.T`` and a seed from which the dropped units are drawn again. Parameters, names
-and saved adapters stay peft's; only the layer's class changes, to a subclass whose forward falls
-back to peft's for anything but plain LoRA (DoRA and other variants, merged or disabled adapters,
-mixed-adapter batches).
+Here ``_LoraDown`` computes ``dropout(x) @ A.T`` for every adapted layer that reads the same
+input (q/k/v, gate/up: ``loratk.engine.shared_input`` learns which) as one matmul: one dropped
+copy, one set of dropped units, one gradient for the input. Dropout zeroes the units that
+``loratk.engine.lora_dropout`` draws, in the dtype copy lora_A's matmul reads, so layers that share
+an input share its dropout mask, as the adapter of a fused qkv projection does. ``_LoraUp`` adds
+each layer's ``low @ B.T`` to the base layer's output in one ``addmm`` with the scaling and the
+dropout's 1 / (1 - p) folded in. Backward keeps the input (one storage, however many layers read
+it), the r-wide products and a seed from which the dropped units are drawn again. Parameters,
+names and saved adapters stay peft's; only the layer's class changes, to a subclass whose forward
+falls back to peft's for anything but plain LoRA (DoRA and other variants, merged or disabled
+adapters, mixed-adapter batches).
 """
 
 from __future__ import annotations
@@ -20,73 +24,122 @@ import torch
 
 from loratk.engine.lora_dropout import dropped_units, zeroed
 from loratk.engine.mixins import mix_into
+from loratk.engine.shared_input import SharedInput
 
 
-class _LoraDelta(torch.autograd.Function):
-    """``result + scaling * (dropout(x, p) @ A.T) @ B.T``, the rank-r products in ``dtype``."""
+class _LoraDown(torch.autograd.Function):
+    """``zeroed(x) @ cat(A_1, A_2, ...).T`` in ``dtype``, (tokens, r_1 + r_2 + ...): the r-wide
+    products of every adapter that reads x, with dropout's units zeroed and not yet rescaled."""
 
     @staticmethod
-    def forward(ctx, result, x, weight_a, weight_b, p: float, seed: int, scaling: float, dtype: torch.dtype):
+    def forward(ctx, x, p: float, seed: int, dtype: torch.dtype, *weights_a):
+        x2 = x.reshape(-1, x.shape[-1])
         with torch.autocast(x.device.type, enabled=False):
-            low = _down(x.reshape(-1, x.shape[-1]), weight_a, p, seed, dtype)
+            weight = weights_a[0] if len(weights_a) == 1 else torch.cat(weights_a)
+            units = dropped_units(x2.numel(), p, seed, x2.device) if p else None
+            low = zeroed(x2, units, dtype) @ weight.to(dtype).T
+        ctx.save_for_backward(x, *weights_a)
+        ctx.p, ctx.seed, ctx.dtype = p, seed, dtype
+        return low
+
+    @staticmethod
+    def backward(ctx, grad_low: torch.Tensor):
+        x, *weights_a = ctx.saved_tensors
+        x2 = x.reshape(-1, x.shape[-1])
+        needs_x, needs_a = ctx.needs_input_grad[0], any(ctx.needs_input_grad[4:])
+        grad_x, grad_a = None, [None] * len(weights_a)
+        grad_low = grad_low.to(ctx.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            units = dropped_units(x2.numel(), ctx.p, ctx.seed, x2.device) if ctx.p and (needs_x or needs_a) else None
+            if needs_x:
+                weight = weights_a[0] if len(weights_a) == 1 else torch.cat(weights_a)
+                grad_x = grad_low @ weight.to(ctx.dtype)
+                if units is not None:
+                    grad_x.view(-1).index_fill_(0, units, 0)
+                grad_x = grad_x.to(x.dtype).view(x.shape)
+            if needs_a:
+                grad = grad_low.T @ zeroed(x2, units, ctx.dtype)
+                grad_a = [g.to(w.dtype) for g, w in zip(grad.split([w.shape[0] for w in weights_a]), weights_a)]
+        return grad_x, None, None, None, *grad_a
+
+
+class _LoraUp(torch.autograd.Function):
+    """``result + alpha * low @ B.T`` as one ``addmm`` in the result's dtype."""
+
+    @staticmethod
+    def forward(ctx, result, low, weight_b, alpha: float):
+        with torch.autocast(result.device.type, enabled=False):
             out = torch.addmm(result.reshape(-1, result.shape[-1]), low.to(result.dtype),
-                              weight_b.to(result.dtype).T, alpha=scaling)
-        ctx.save_for_backward(x, weight_a, weight_b, low)
-        ctx.p, ctx.seed, ctx.scaling, ctx.dtype = p, seed, scaling, dtype
+                              weight_b.to(result.dtype).T, alpha=alpha)
+        ctx.save_for_backward(low, weight_b)
+        ctx.alpha = alpha
         return out.view(result.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, weight_a, weight_b, low = ctx.saved_tensors
-        p, dtype = ctx.p, ctx.dtype
-        x2 = x.reshape(-1, x.shape[-1])
+        low, weight_b = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])
-        grad_x = grad_a = grad_b = None
-        with torch.autocast(x.device.type, enabled=False):
-            if ctx.needs_input_grad[3]:
-                grad_b = (g2.T @ low.to(g2.dtype)).mul_(ctx.scaling).to(weight_b.dtype)
-            # the gradient of the kept units' r-wide product, 1 / (1 - p) included
-            grad_low = (g2 @ weight_b.to(g2.dtype)).to(dtype).mul_(ctx.scaling / (1 - p))
-            needs_units = p and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-            dropped = dropped_units(x2.numel(), p, ctx.seed, x2.device) if needs_units else None
-            if ctx.needs_input_grad[1]:
-                grad_x = grad_low @ weight_a.to(dtype)
-                if dropped is not None:
-                    grad_x.view(-1).index_fill_(0, dropped, 0)
-                grad_x = grad_x.to(x.dtype).view(x.shape)
+        grad_low = grad_b = None
+        with torch.autocast(grad.device.type, enabled=False):
             if ctx.needs_input_grad[2]:
-                grad_a = (grad_low.T @ zeroed(x2, dropped, dtype)).to(weight_a.dtype)
-        return grad if ctx.needs_input_grad[0] else None, grad_x, grad_a, grad_b, None, None, None, None
+                grad_b = (g2.T @ low.to(g2.dtype)).mul_(ctx.alpha).to(weight_b.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_low = (g2 @ weight_b.to(g2.dtype)).to(low.dtype).mul_(ctx.alpha)
+        return grad if ctx.needs_input_grad[0] else None, grad_low, grad_b, None
 
 
-def _down(x2: torch.Tensor, weight_a: torch.Tensor, p: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
-    """``dropout(x2, p) @ A.T`` in ``dtype``, the 1 / (1 - p) applied to the r-wide product."""
-    if not p:
-        return x2.to(dtype) @ weight_a.to(dtype).T
-    kept = zeroed(x2, dropped_units(x2.numel(), p, seed, x2.device), dtype)
-    return (kept @ weight_a.to(dtype).T).mul_(1 / (1 - p))
+def lora_delta(result, x, weight_a, weight_b, p: float, seed: int, scaling: float, dtype: torch.dtype):
+    """``result + scaling * (dropout(x, p) @ A.T) @ B.T`` for one adapter, the rank-r products in ``dtype``."""
+    return _LoraUp.apply(result, _LoraDown.apply(x, p, seed, dtype, weight_a), weight_b, scaling / (1 - p))
 
 
 class FusedLoraForward:
-    """Mixed in before a peft LoRA linear class: the plain-LoRA forward as ``_LoraDelta``."""
+    """Mixed in before a peft LoRA linear class: the plain-LoRA forward as ``_LoraDown`` and ``_LoraUp``."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or any(value is not None for value in kwargs.values()) or not self._fusable():
             return super().forward(x, *args, **kwargs)
         result = self.base_layer(x)
-        autocast = torch.is_autocast_enabled(x.device.type)
-        for name in self.active_adapters:
-            if name not in self.lora_A:
-                continue
-            weight_a = self.lora_A[name].weight
-            dropout = self.lora_dropout[name]
-            p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-            # as peft: the autocast dtype under autocast, else the adapter's (x is cast to it)
-            dtype = x.dtype if autocast else torch.promote_types(x.dtype, weight_a.dtype)
-            seed = int(torch.randint(0, 2**62, (1,))) if p else 0  # the global generator: seeded runs repeat
-            result = _LoraDelta.apply(result, x, weight_a, self.lora_B[name].weight, p, seed,
-                                      self.scaling[name], dtype)
+        names = [name for name in self.active_adapters if name in self.lora_A]
+        for name in names:
+            p, dtype = self._adapter_p_and_dtype(name, x)
+            # siblings share products with one adapter only: several at once is rare and ambiguous
+            low = self._down(name, x, p, dtype, shared=len(names) == 1)
+            result = _LoraUp.apply(result, low, self.lora_B[name].weight, self.scaling[name] / (1 - p))
         return result
+
+    def _adapter_p_and_dtype(self, name: str, x: torch.Tensor) -> tuple[float, torch.dtype]:
+        dropout = self.lora_dropout[name]
+        p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+        # as peft: the autocast dtype under autocast, else the adapter's (x is cast to it)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        return p, x.dtype if autocast else torch.promote_types(x.dtype, self.lora_A[name].weight.dtype)
+
+    def _down(self, name: str, x: torch.Tensor, p: float, dtype: torch.dtype, shared: bool) -> torch.Tensor:
+        """This layer's r-wide product, from a sibling that read the same x or with its partners'."""
+        siblings: SharedInput | None = getattr(self, "_loratk_siblings", None) if shared else None
+        key = (name, p, dtype, torch.is_grad_enabled())
+        if siblings is not None:
+            low = siblings.take(self, x, key)
+            if low is not None:
+                return low
+        # the owner's weights identify when a new grouping may start (see loratk.engine.shared_input)
+        stamp = self.lora_A[name].weight._version if torch.is_grad_enabled() else None
+        members = [self] if siblings is None else [
+            layer for layer in siblings.members(self, stamp) if layer is self or layer._takes_part(name, x, p, dtype)]
+        seed = int(torch.randint(0, 2**62, (1,))) if p else 0  # the global generator: seeded runs repeat
+        weights = [layer.lora_A[name].weight for layer in members]
+        low = _LoraDown.apply(x, p, seed, dtype, *weights)
+        lows = low.split([weight.shape[0] for weight in weights], 1) if len(members) > 1 else [low]
+        if siblings is not None:  # also with no partners yet: a sibling reading x is proposed as one
+            siblings.hold(self, x, key, stamp, dict(zip(members[1:], lows[1:])))
+        return lows[0]
+
+    def _takes_part(self, name: str, x: torch.Tensor, p: float, dtype: torch.dtype) -> bool:
+        """Whether an owner's product for adapter ``name`` is what this layer would compute from x."""
+        names = [active for active in self.active_adapters if active in self.lora_A]
+        return (names == [name] and self._fusable() and self.lora_A[name].in_features == x.shape[-1]
+                and self._adapter_p_and_dtype(name, x) == (p, dtype))
 
     def _fusable(self) -> bool:
         if self.disable_adapters or self.merged:
@@ -103,7 +156,7 @@ class FusedLoraForward:
 
 
 def _plain_forwards() -> set:
-    """The forwards of peft's LoRA linear classes whose plain-LoRA path ``_LoraDelta`` replaces."""
+    """The forwards of peft's LoRA linear classes whose plain-LoRA path the fused forward replaces."""
     from peft.tuners.lora import bnb
     from peft.tuners.lora.layer import Linear
 
@@ -119,5 +172,13 @@ def fuse_lora_layers(model) -> int:
     from peft.tuners.lora import LoraLayer
 
     plain = _plain_forwards()
-    return mix_into(model, FusedLoraForward,
-                    lambda module: isinstance(module, LoraLayer) and type(module).forward in plain)
+    changed = mix_into(model, FusedLoraForward,
+                       lambda module: isinstance(module, LoraLayer) and type(module).forward in plain)
+    for parent in model.modules():  # the layers of one parent may share inputs (q/k/v, gate/up)
+        layers = [child for child in parent.children()
+                  if isinstance(child, FusedLoraForward) and getattr(child, "_loratk_siblings", None) is None]
+        if layers:
+            siblings = SharedInput()
+            for layer in layers:
+                layer._loratk_siblings = siblings
+    return changed

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy as copy_module
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from loratk.engine.fused_lora import FusedLoraForward, _LoraDelta, fuse_lora_layers
+from loratk.engine import fused_lora
+from loratk.engine.fused_lora import FusedLoraForward, fuse_lora_layers, lora_delta
 from loratk.engine.lora_dropout import dropped_units
 from loratk.engine.memory_measure import kept_for_backward
 
@@ -34,7 +37,7 @@ def test_the_fused_delta_and_its_gradients_equal_peft_s_path(dtype, p, input_gra
     weight_b = torch.randn(24, 8, generator=generator, requires_grad=True)
     inputs = (result, x, weight_a, weight_b)
     wanted = [t for t in inputs if t.requires_grad]
-    out = _LoraDelta.apply(*inputs, p, 123, 2.0, dtype)
+    out = lora_delta(*inputs, p, 123, 2.0, dtype)
     grad_out = torch.randn(out.shape, generator=generator, dtype=dtype)
     fused = torch.autograd.grad(out, wanted, grad_out)
     expected_out = reference(*inputs, p, 123, 2.0, dtype)
@@ -59,6 +62,14 @@ def tiny_peft(dropout=0.05, seed=0, **lora):
 IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
 
 
+def optimizer_step(model):
+    """What an optimizer does to the adapter weights, without changing them: an in-place update."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.mul_(1)
+
+
 def logits_and_gradients(model):
     model.zero_grad()
     out = model(input_ids=IDS, labels=IDS)
@@ -73,12 +84,108 @@ def test_fusing_keeps_names_outputs_and_gradients():
     assert fuse_lora_layers(model) == 14
     assert [n for n, _ in model.named_parameters()] == names
     assert sum(isinstance(m, FusedLoraForward) for m in model.modules()) == 14
-    fused_logits, fused_grads = logits_and_gradients(model)
-    torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
-    assert fused_grads.keys() == grads.keys()
-    for name in grads:
-        torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-4)
+    for _ in range(3):  # the first call learns which layers share an input, the next ones use it
+        fused_logits, fused_grads = logits_and_gradients(model)
+        optimizer_step(model)
+        torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
+        assert fused_grads.keys() == grads.keys()
+        for name in grads:
+            torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-4)
     assert fuse_lora_layers(model) == 0  # once is enough
+
+
+@pytest.fixture
+def down_calls(monkeypatch):
+    """How many adapters each ``_LoraDown`` call served, call by call."""
+    calls = []
+    apply = fused_lora._LoraDown.apply
+
+    def counting(x, p, seed, dtype, *weights):
+        calls.append(len(weights))
+        return apply(x, p, seed, dtype, *weights)
+
+    monkeypatch.setattr(fused_lora._LoraDown, "apply", counting)
+    return calls
+
+
+def test_layers_that_read_one_input_share_one_down_product(down_calls):
+    model = tiny_peft()
+    fuse_lora_layers(model)
+    model.train()
+    for _ in range(2):  # learning; the grouping waits for the weights to change
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        assert down_calls == [1] * 14
+        down_calls.clear()
+    optimizer_step(model)
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    assert down_calls == [3, 1, 2, 1] * 2  # per decoder layer: q/k/v, o, gate/up, down
+    down_calls.clear()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=IDS)
+    assert down_calls == [3, 1, 2, 1] * 2
+
+
+def test_without_autograd_the_grouping_starts_at_the_next_call(down_calls):
+    model = tiny_peft()
+    fuse_lora_layers(model)
+    with torch.no_grad():
+        model(input_ids=IDS)
+        down_calls.clear()
+        model(input_ids=IDS)
+    assert down_calls == [3, 1, 2, 1] * 2
+
+
+def test_layers_that_share_an_input_share_its_dropout_mask():
+    model = tiny_peft(dropout=0.5)
+    fuse_lora_layers(model)
+    model.train()
+    attention = model.get_base_model().model.layers[0].self_attn
+    seen = {}
+    for name in ("q_proj", "k_proj", "v_proj"):
+        layer = getattr(attention, name)
+        layer.register_forward_hook(lambda module, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+    seeds = []
+    units = fused_lora.dropped_units
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused_lora, "dropped_units", lambda n, p, seed, device: seeds.append(seed) or units(n, p, seed, device))
+        with torch.no_grad():
+            model(input_ids=IDS)  # learn
+            seeds.clear()
+            model(input_ids=IDS)
+    x, _ = seen["q_proj"]
+    for name in ("q_proj", "k_proj", "v_proj"):  # all three with the first draw of the layer
+        layer = getattr(attention, name)
+        base = layer.base_layer(x)
+        wanted = reference(base, x, layer.lora_A["default"].weight, layer.lora_B["default"].weight, 0.5, seeds[0],
+                           layer.scaling["default"], torch.float32)
+        torch.testing.assert_close(seen[name][1], wanted, atol=1e-5, rtol=1e-5)
+
+
+class _Pair(torch.nn.Module):
+    """Two layers under one parent that read one input or two, as the caller says."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+def test_a_layer_that_stops_sharing_the_input_computes_its_own(down_calls):
+    torch.manual_seed(0)
+    model = get_peft_model(_Pair(), LoraConfig(r=4, target_modules=["a", "b"], init_lora_weights=False))
+    model.eval()
+    x, other = torch.randn(5, 16), torch.randn(5, 16)
+    with torch.no_grad():
+        expected = {"same": model(x, x), "different": model(x, other)}
+        fuse_lora_layers(model)
+        for case, calls in [("same", [1, 1]), ("same", [2]), ("different", [2, 1]), ("different", [1, 1]),
+                            ("same", [1, 1]), ("same", [2])]:
+            down_calls.clear()
+            torch.testing.assert_close(model(x, x if case == "same" else other), expected[case])
+            assert down_calls == calls, case
 
 
 def test_dropout_is_on_while_training_only():
@@ -134,8 +241,13 @@ def test_the_same_seed_gives_the_same_gradients_with_checkpointing():
             model.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
             model.enable_input_require_grads()
         model.train()
-        torch.manual_seed(42)
-        model(input_ids=IDS, labels=IDS).loss.backward()
+        # the first step learns the shared inputs between forward and recomputation, the second
+        # uses them: both recompute what they saved
+        for _ in range(2):
+            model.zero_grad()
+            torch.manual_seed(42)
+            model(input_ids=IDS, labels=IDS).loss.backward()
+            optimizer_step(model)
         return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
     plain, recomputed = gradients(False), gradients(True)
@@ -146,6 +258,8 @@ def test_the_same_seed_gives_the_same_gradients_with_checkpointing():
 
 def saved_bytes(model):
     ids = IDS.repeat(4, 8)
+    model(input_ids=ids, labels=ids).loss.backward()  # the fused layers learn their shared inputs
+    optimizer_step(model)
     return kept_for_backward(lambda: model(input_ids=ids, labels=ids).loss, leave_out=list(model.parameters()))
 
 
@@ -161,3 +275,19 @@ def test_no_mask_or_dropped_copy_is_kept_for_backward():
     saved = layers * (per_module - per_group)
     # The first layer's input needs no gradient, so peft keeps no masks there for q, k and v.
     assert 0.9 * saved <= saved_bytes(plain) - saved_bytes(fused) <= saved
+
+
+def test_a_deep_copy_keeps_the_grouping_and_nothing_pending():
+    model = tiny_peft()
+    fuse_lora_layers(model)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=IDS)
+        model(input_ids=IDS)
+    copied = copy_module.deepcopy(model)
+    attention = copied.get_base_model().model.layers[0].self_attn
+    siblings = attention.q_proj._loratk_siblings
+    assert siblings.members(attention.q_proj, None) == [attention.q_proj, attention.k_proj, attention.v_proj]
+    assert siblings._pending == {} and siblings._input is None
+    with torch.no_grad():
+        torch.testing.assert_close(copied(input_ids=IDS).logits, model(input_ids=IDS).logits)
