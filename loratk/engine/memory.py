@@ -27,6 +27,7 @@ BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
 OUTPUT_IN_COMPUTE_DTYPE = frozenset({"bnb-8bit"})
 UNKNOWN_BACKEND_BITS = 8.0
 LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
+LOSS_SOFTMAX_ROWS = 32  # loratk.engine.loss.SOFTMAX_ROWS
 ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by attention, in the compute dtype
 # Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.fused_lora).
 SHARED_INPUTS = (frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"}),
@@ -228,14 +229,15 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         act_detail = f"{layer / 2**20:,.1f} MiB per layer x {shape.layers} layers"
 
     if shape.fused_loss:
-        # Chunked loss: the fp32 logits of one chunk of rows, turned into probabilities in place,
-        # plus the final hidden states, their trained rows and the gradient kept for them.
-        # The softmax runs in place, so one fp32 chunk is alive, plus the head's own output when
-        # the head computes in half precision (before the upcast) or the half copy of the probabilities.
+        # Chunked loss: the logits of one chunk of rows, turned into probabilities in place, plus
+        # the final hidden states, their trained rows and the gradient kept for them. An fp32 head
+        # writes the chunk in fp32; a half-precision head writes it in its dtype, and the fp32
+        # softmax runs on LOSS_SOFTMAX_ROWS of it at a time.
         rows = min(tokens, LOSS_CHUNK_ROWS)
         head_bytes = unquantized
-        logits = rows * shape.vocab * (4 + (head_bytes if head_bytes < 4 else 0)) + 3 * tokens * shape.hidden * residual
-        logits_detail = f"{rows:,} of {tokens:,} tokens at a time x {shape.vocab:,} vocab in fp32 (chunked loss)"
+        chunk_bytes = rows * 4 if head_bytes >= 4 else rows * head_bytes + min(rows, LOSS_SOFTMAX_ROWS) * 4
+        logits = shape.vocab * chunk_bytes + 3 * tokens * shape.hidden * residual
+        logits_detail = f"{rows:,} of {tokens:,} tokens at a time x {shape.vocab:,} vocab (chunked loss)"
     else:
         logits = tokens * shape.vocab * (3 * 4 + (compute if shape.logit_softcap else 0))
         logits_detail = f"{tokens:,} tokens x {shape.vocab:,} vocab in fp32, 3 copies in backward"

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from loratk.engine.loss import LinearCrossEntropy, fused_loss_sum, head_weight_if_fusable
+from loratk.engine.loss import SOFTMAX_ROWS, LinearCrossEntropy, fused_loss_sum, head_weight_if_fusable
 
 
 def lora_model(path, targets):
@@ -123,6 +123,36 @@ def test_half_precision_heads_stay_close_to_the_fp32_loss():
     exact = LinearCrossEntropy.apply(hidden, weight, targets, 16)
     half = LinearCrossEntropy.apply(hidden, weight.bfloat16(), targets, 16)
     assert half.item() == pytest.approx(exact.item(), rel=1e-2)  # bf16 head: 8 bits of mantissa
+
+
+def test_a_half_precision_head_s_softmax_runs_in_row_blocks_with_the_whole_chunk_s_result():
+    generator = torch.Generator().manual_seed(0)
+    count, vocab, width = 80, 300, 16  # 32 + 32 + 16 rows of softmax
+    hidden = torch.randn(count, width, generator=generator, dtype=torch.bfloat16, requires_grad=True)
+    weight = (torch.randn(vocab, width, generator=generator) / 4).bfloat16()
+    targets = torch.randint(0, vocab, (count,), generator=generator)
+    total = LinearCrossEntropy.apply(hidden, weight, targets, count)
+    (grad,) = torch.autograd.grad(total, hidden)
+    # the chunk's softmax at once, in fp32 from the head's bf16 logits
+    logits = (hidden.detach() @ weight.T).float()
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    probs = logits.softmax(-1)
+    probs[torch.arange(count), targets] -= 1
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(grad, probs.bfloat16() @ weight)
+
+
+def test_a_half_precision_head_keeps_a_half_chunk_and_a_few_fp32_rows_alive():
+    from loratk.engine.memory_measure import measure_peak_bytes
+
+    generator = torch.Generator().manual_seed(0)
+    rows, vocab, width, chunk = 512, 20000, 16, 128
+    hidden = torch.randn(rows, width, generator=generator, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(vocab, width, generator=generator).bfloat16()
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    peak = measure_peak_bytes(lambda: LinearCrossEntropy.apply(hidden, weight, targets, chunk))
+    alive = chunk * vocab * 2 + SOFTMAX_ROWS * vocab * 4
+    assert alive <= peak < 1.2 * alive
 
 
 def test_models_that_change_logits_after_the_head_use_the_plain_path(tiny_model, monkeypatch):
