@@ -64,16 +64,23 @@ class _LoraDown(torch.autograd.Function):
 
 
 class _LoraUp(torch.autograd.Function):
-    """``result + alpha * low @ B.T`` as one ``addmm`` in the result's dtype."""
+    """``result + alpha * low @ B.T`` as one ``addmm`` in the result's dtype, into the result itself
+    when it is the base layer's own fresh output (no new output-sized tensor, one pass less)."""
 
     @staticmethod
     def forward(ctx, result, low, weight_b, alpha: float):
+        in_place = result.is_contiguous() and not result._is_view() and not (result.is_leaf and result.requires_grad)
         with torch.autocast(result.device.type, enabled=False):
-            out = torch.addmm(result.reshape(-1, result.shape[-1]), low.to(result.dtype),
-                              weight_b.to(result.dtype).T, alpha=alpha)
+            factors = low.to(result.dtype), weight_b.to(result.dtype).T
+            if in_place:
+                result.view(-1, result.shape[-1]).addmm_(*factors, alpha=alpha)
+                ctx.mark_dirty(result)
+                out = result
+            else:
+                out = torch.addmm(result.reshape(-1, result.shape[-1]), *factors, alpha=alpha).view(result.shape)
         ctx.save_for_backward(low, weight_b)
         ctx.alpha = alpha
-        return out.view(result.shape)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

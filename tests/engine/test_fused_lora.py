@@ -50,6 +50,33 @@ def test_the_fused_delta_and_its_gradients_equal_peft_s_path(dtype, p, input_gra
         torch.testing.assert_close(got, want, atol=scale, rtol=1e-5 if dtype == torch.float32 else 2e-2)
 
 
+@pytest.mark.parametrize("kind", ["fresh", "view"])
+def test_the_delta_goes_into_a_fresh_base_output_in_place_and_beside_a_view(kind):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 10, 32, generator=generator, requires_grad=True)
+    base = torch.randn(24, 32, generator=generator, requires_grad=True)
+    weight_a = torch.randn(8, 32, generator=generator, requires_grad=True)
+    weight_b = torch.randn(24, 8, generator=generator, requires_grad=True)
+    inputs = (x, base, weight_a, weight_b)
+
+    def run(delta):
+        result = x @ base.T  # a base layer's output, fresh
+        if kind == "view":
+            result = result.transpose(0, 1).transpose(0, 1)
+        out = delta(result, x, weight_a, weight_b, 0.0, 0, 2.0, torch.float32)
+        return out, result
+
+    out, result = run(lora_delta)
+    assert (out is result) == (kind == "fresh")
+    grad_out = torch.randn(out.shape, generator=generator)
+    got = torch.autograd.grad(out, inputs, grad_out)
+    expected_out, _ = run(reference)
+    expected = torch.autograd.grad(expected_out, inputs, grad_out)
+    torch.testing.assert_close(out, expected_out)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
 def tiny_peft(dropout=0.05, seed=0, **lora):
     config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
