@@ -86,7 +86,10 @@ class _CausalAttention(torch.autograd.Function):
         heads, length, _ = query.shape
         groups = heads // key.shape[0]
         with torch.autocast(query.device.type, enabled=False):
-            rows = _position_major(query * scale, key.shape[0])
+            rows = _position_major(query, key.shape[0])
+            # scaled in place when the reordering made a copy (grouped heads), else in a new tensor
+            copied = rows.untyped_storage().data_ptr() != query.untyped_storage().data_ptr()
+            rows = rows.mul_(scale) if copied else rows * scale
             parts = [torch.bmm(_probabilities(rows[:, start * groups:end * groups], key, start, end), value[:, :end])
                      for start, end in blocks(length, heads, rows.element_size())]
         ctx.save_for_backward(rows, key, value)
@@ -99,11 +102,21 @@ class _CausalAttention(torch.autograd.Function):
         heads, length, _ = grad_out.shape
         groups = heads // key.shape[0]
         grad_rows = _position_major(grad_out, key.shape[0])
+        spans = blocks(length, heads, rows.element_size())
+        if len(spans) == 1:  # one block: no sums over blocks, the products are the gradients
+            probs = _probabilities(rows, key, 0, length)
+            grad_value = torch.bmm(probs.transpose(1, 2), grad_rows)
+            grad_scores = torch._softmax_backward_data(torch.bmm(grad_rows, value.transpose(1, 2)), probs, -1,
+                                                       probs.dtype)
+            del probs
+            grad_query = torch.bmm(grad_scores, key)
+            grad_key = torch.bmm(grad_scores.transpose(1, 2), rows)
+            return _head_major(grad_query.mul_(ctx.scale), heads), grad_key, grad_value, None
         # summed over blocks, so in float32
         grad_key = torch.zeros(key.shape, dtype=torch.float32, device=key.device)
         grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
         grad_query = []
-        for start, end in blocks(length, heads, rows.element_size()):
+        for start, end in spans:
             block = slice(start * groups, end * groups)
             probs = _probabilities(rows[:, block], key, start, end)
             grad_value[:, :end] += torch.bmm(probs.transpose(1, 2), grad_rows[:, block])
@@ -112,6 +125,6 @@ class _CausalAttention(torch.autograd.Function):
             del probs, grad_probs
             grad_query.append(torch.bmm(grad_scores, key[:, :end]))
             grad_key[:, :end] += torch.bmm(grad_scores.transpose(1, 2), rows[:, block])
-        grad_query = torch.cat(grad_query, 1) if len(grad_query) > 1 else grad_query[0]
+        grad_query = torch.cat(grad_query, 1)
         return (_head_major(grad_query.mul_(ctx.scale), heads), grad_key.to(key.dtype), grad_value.to(value.dtype),
                 None)

@@ -70,13 +70,20 @@ def test_equals_sdpa_in_float32(heads, kv_heads, length, blocked, request):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_noncontiguous_inputs_as_transformers_passes_them(small_blocks):
+@pytest.mark.parametrize("heads,kv_heads", [(6, 2), (2, 2)])
+@pytest.mark.parametrize("blocked", [False, True])
+def test_noncontiguous_inputs_as_transformers_passes_them(heads, kv_heads, blocked, request):
     """transformers hands over (heads, tokens, dim) views of (tokens, heads, dim) storage."""
+    if blocked:
+        request.getfixturevalue("small_blocks")
     q, k, v = (t.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
-               for t in inputs(6, 2, 21))
+               for t in inputs(heads, kv_heads, 21))
+    before = q.detach().clone()
     assert not q.is_contiguous()
-    grad = gradient(21, 6, q.shape[-1]).transpose(0, 1)  # a non-contiguous gradient too
-    for got, expected in zip(outputs_and_grads(mine, q, k, v, grad), outputs_and_grads(reference, q, k, v, grad)):
+    grad = gradient(21, heads, q.shape[-1]).transpose(0, 1)  # a non-contiguous gradient too
+    got = outputs_and_grads(mine, q, k, v, grad)
+    assert torch.equal(q.detach(), before)  # the query is scaled in a copy
+    for got, expected in zip(got, outputs_and_grads(reference, q, k, v, grad)):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
