@@ -157,9 +157,16 @@ class FusedLoraForward:
             if (name in self.lora_variant or type(self.lora_A[name]) is not torch.nn.Linear
                     or type(self.lora_B[name]) is not torch.nn.Linear or self.lora_A[name].bias is not None
                     or self.lora_B[name].bias is not None
-                    or not isinstance(self.lora_dropout[name], (torch.nn.Dropout, torch.nn.Identity))):
+                    or not isinstance(self.lora_dropout[name], (torch.nn.Dropout, torch.nn.Identity))
+                    or _gathered_on_call(self.lora_A[name].weight) or _gathered_on_call(self.lora_B[name].weight)):
                 return False
         return True
+
+
+def _gathered_on_call(param: torch.Tensor) -> bool:
+    """DeepSpeed ZeRO-3 partitions parameters and gathers a module's own when that module is called;
+    the fused path reads lora_A and lora_B (and its siblings') weights without calling them."""
+    return hasattr(param, "ds_id")
 
 
 def _plain_forwards() -> set:

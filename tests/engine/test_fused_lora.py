@@ -246,6 +246,18 @@ def test_disabled_merged_and_dora_adapters_take_peft_s_path():
     assert not torch.allclose(base, adapted)
 
 
+def test_parameters_deepspeed_zero3_gathers_per_module_take_peft_s_path(down_calls):
+    model = tiny_peft(dropout=0.0)
+    fuse_lora_layers(model)
+    layer = model.get_base_model().model.layers[0].self_attn.k_proj
+    layer.lora_A["default"].weight.ds_id = 7  # what ZeRO-3 marks its partitioned parameters with
+    with torch.no_grad():
+        model(input_ids=IDS)
+        down_calls.clear()
+        model(input_ids=IDS)
+    assert down_calls == [2, 1, 2, 1] + [3, 1, 2, 1]  # q/v, o, gate/up, down; then the second layer
+
+
 def test_a_trained_fused_adapter_loads_in_plain_peft(tmp_path):
     model = tiny_peft()
     fuse_lora_layers(model)
