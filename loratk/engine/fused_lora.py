@@ -10,8 +10,8 @@ input (q/k/v, gate/up: ``loratk.engine.shared_input`` learns which) as one matmu
 copy, one set of dropped units, one gradient for the input. Dropout zeroes the units that
 ``loratk.engine.lora_dropout`` draws, in the dtype copy lora_A's matmul reads, so layers that share
 an input share its dropout mask, as the adapter of a fused qkv projection does. ``_LoraUp`` adds
-each layer's ``low @ B.T`` to the base layer's output in one ``addmm`` with the scaling and the
-dropout's 1 / (1 - p) folded in. Backward keeps the input (one storage, however many layers read
+each layer's ``low @ B.T`` into the base layer's fresh output in place, one ``addmm_`` with the
+scaling and the dropout's 1 / (1 - p) folded in. Backward keeps the input (one storage, however many layers read
 it), the r-wide products and a seed from which the dropped units are drawn again. Parameters,
 names and saved adapters stay peft's; only the layer's class changes, to a subclass whose forward
 falls back to peft's for anything but plain LoRA (DoRA and other variants, merged or disabled
