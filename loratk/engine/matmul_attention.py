@@ -103,28 +103,30 @@ class _CausalAttention(torch.autograd.Function):
         groups = heads // key.shape[0]
         grad_rows = _position_major(grad_out, key.shape[0])
         spans = blocks(length, heads, rows.element_size())
-        if len(spans) == 1:  # one block: no sums over blocks, the products are the gradients
-            probs = _probabilities(rows, key, 0, length)
-            grad_value = torch.bmm(probs.transpose(1, 2), grad_rows)
-            grad_scores = torch._softmax_backward_data(torch.bmm(grad_rows, value.transpose(1, 2)), probs, -1,
-                                                       probs.dtype)
-            del probs
-            grad_query = torch.bmm(grad_scores, key)
-            grad_key = torch.bmm(grad_scores.transpose(1, 2), rows)
-            return _head_major(grad_query.mul_(ctx.scale), heads), grad_key, grad_value, None
-        # summed over blocks, so in float32
-        grad_key = torch.zeros(key.shape, dtype=torch.float32, device=key.device)
-        grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
-        grad_query = []
-        for start, end in spans:
-            block = slice(start * groups, end * groups)
-            probs = _probabilities(rows[:, block], key, start, end)
-            grad_value[:, :end] += torch.bmm(probs.transpose(1, 2), grad_rows[:, block])
-            grad_probs = torch.bmm(grad_rows[:, block], value[:, :end].transpose(1, 2))
-            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-            del probs, grad_probs
-            grad_query.append(torch.bmm(grad_scores, key[:, :end]))
-            grad_key[:, :end] += torch.bmm(grad_scores.transpose(1, 2), rows[:, block])
-        grad_query = torch.cat(grad_query, 1)
-        return (_head_major(grad_query.mul_(ctx.scale), heads), grad_key.to(key.dtype), grad_value.to(value.dtype),
-                None)
+        if len(spans) == 1:  # one block: no sums over blocks, its products are the gradients
+            grad_query, grad_key, grad_value = _block_gradients(rows, grad_rows, key, value, 0, length)
+        else:  # summed over blocks, so in float32
+            grad_key = torch.zeros(key.shape, dtype=torch.float32, device=key.device)
+            grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
+            grad_query = []
+            for start, end in spans:
+                block = slice(start * groups, end * groups)
+                grad_block, grad_key_part, grad_value_part = _block_gradients(rows[:, block], grad_rows[:, block],
+                                                                              key, value, start, end)
+                grad_query.append(grad_block)
+                grad_key[:, :end] += grad_key_part
+                grad_value[:, :end] += grad_value_part
+            grad_query = torch.cat(grad_query, 1)
+            grad_key, grad_value = grad_key.to(key.dtype), grad_value.to(value.dtype)
+        return _head_major(grad_query.mul_(ctx.scale), heads), grad_key, grad_value, None
+
+
+def _block_gradients(rows, grad_rows, key, value, start: int, end: int):
+    """One block's gradients: for its (scaled) query rows, and its shares of the keys' and values'
+    before ``end``; the probabilities are recomputed and freed before the last two products."""
+    probs = _probabilities(rows, key, start, end)
+    grad_value = torch.bmm(probs.transpose(1, 2), grad_rows)
+    grad_scores = torch._softmax_backward_data(torch.bmm(grad_rows, value[:, :end].transpose(1, 2)), probs, -1,
+                                               probs.dtype)
+    del probs
+    return torch.bmm(grad_scores, key[:, :end]), torch.bmm(grad_scores.transpose(1, 2), rows), grad_value
