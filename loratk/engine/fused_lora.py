@@ -35,9 +35,8 @@ class _LoraDown(torch.autograd.Function):
     def forward(ctx, x, p: float, seed: int, dtype: torch.dtype, *weights_a):
         x2 = x.reshape(-1, x.shape[-1])
         with torch.autocast(x.device.type, enabled=False):
-            weight = weights_a[0] if len(weights_a) == 1 else torch.cat(weights_a)
             units = dropped_units(x2.numel(), p, seed, x2.device) if p else None
-            low = zeroed(x2, units, dtype) @ weight.to(dtype).T
+            low = zeroed(x2, units, dtype) @ _stacked(weights_a).to(dtype).T
         ctx.save_for_backward(x, *weights_a)
         ctx.p, ctx.seed, ctx.dtype = p, seed, dtype
         return low
@@ -52,8 +51,7 @@ class _LoraDown(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             units = dropped_units(x2.numel(), ctx.p, ctx.seed, x2.device) if ctx.p and (needs_x or needs_a) else None
             if needs_x:
-                weight = weights_a[0] if len(weights_a) == 1 else torch.cat(weights_a)
-                grad_x = grad_low @ weight.to(ctx.dtype)
+                grad_x = grad_low @ _stacked(weights_a).to(ctx.dtype)
                 if units is not None:
                     grad_x.view(-1).index_fill_(0, units, 0)
                 grad_x = grad_x.to(x.dtype).view(x.shape)
@@ -61,6 +59,11 @@ class _LoraDown(torch.autograd.Function):
                 grad = grad_low.T @ zeroed(x2, units, ctx.dtype)
                 grad_a = [g.to(w.dtype) for g, w in zip(grad.split([w.shape[0] for w in weights_a]), weights_a)]
         return grad_x, None, None, None, *grad_a
+
+
+def _stacked(weights_a) -> torch.Tensor:
+    """The lora_A weights of the adapters that share an input, one above the other."""
+    return weights_a[0] if len(weights_a) == 1 else torch.cat(weights_a)
 
 
 class _LoraUp(torch.autograd.Function):

@@ -65,7 +65,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    fuse_lora_layers(model)  # one addmm per adapter, dropout without a mask
+    fuse_lora_layers(model)  # adapters summed in place; layers reading one input share one product
     fuse_rms_norms(model)  # frozen norms: closed-form backward, no fp32 copy kept
     fuse_gated_mlps(model)  # silu(gate) * up keeps gate and up, not silu(gate) too
     if autocast:
