@@ -24,7 +24,7 @@ import torch
 
 from loratk.engine.lora_dropout import dropped_units, zeroed
 from loratk.engine.mixins import mix_into
-from loratk.engine.shared_input import SharedInput
+from loratk.engine.shared_input import SharedInput, weights_stamp
 
 
 class _LoraDown(torch.autograd.Function):
@@ -134,7 +134,7 @@ class FusedLoraForward:
             if low is not None:
                 return low
         # the owner's weights identify when a new grouping may start (see loratk.engine.shared_input)
-        stamp = self.lora_A[name].weight._version if torch.is_grad_enabled() else None
+        stamp = weights_stamp(self.lora_A[name].weight) if torch.is_grad_enabled() else None
         members = [self] if siblings is None else [
             layer for layer in siblings.members(self, stamp) if layer is self or layer._takes_part(name, x, p, dtype)]
         seed = int(torch.randint(0, 2**62, (1,))) if p else 0  # the global generator: seeded runs repeat

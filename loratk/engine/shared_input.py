@@ -8,8 +8,8 @@ a fresh tensor owns it, a sibling called with that very tensor (same object, not
 is proposed as the owner's partner, and a partner called with another tensor than its owner's is
 proposed for removal. A wrong guess costs an extra product, never a wrong result.
 
-Proposals take effect at the owner's first call after its adapter weights changed (the optimizer
-stepped), or at once without autograd. Gradient checkpointing needs that: a checkpointed layer runs
+Proposals take effect at the owner's first call after its adapter weights changed (``weights_stamp``:
+an optimizer stepped or the weights were updated in place), or at once without autograd. Gradient checkpointing needs that: a checkpointed layer runs
 again in backward and must save the same tensors as in its forward, so the grouping may not change
 between the two.
 
@@ -20,6 +20,26 @@ from __future__ import annotations
 
 import weakref
 from typing import Any, Hashable
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+_optimizer_steps = 0
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def weights_stamp(weight: torch.Tensor) -> Hashable:
+    """Changes when ``weight`` may have changed: an in-place update bumps its version, but fused
+    optimizers (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) do not, so
+    every step of any torch optimizer counts too."""
+    return weight._version, _optimizer_steps
 
 
 class SharedInput:
