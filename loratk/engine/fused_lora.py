@@ -166,6 +166,35 @@ class FusedLoraForward:
         return True
 
 
+def learn_shared_inputs(model) -> bool:
+    """Let the fused layers learn which of them read one input before training starts: two forwards
+    of two tokens without autograd, in eval mode (no dropout, so no random numbers are drawn).
+
+    Otherwise the first optimizer step runs ungrouped and the rest grouped, and a run resumed from
+    a checkpoint would draw other dropout masks than the uninterrupted run. Returns whether it ran
+    (not where ZeRO-3 gathers parameters only inside its engine, which the fused path skips anyway).
+    """
+    import inspect
+
+    layers = [m for m in model.modules() if isinstance(m, FusedLoraForward) and getattr(m, "_loratk_siblings", None)]
+    if not layers or any(_gathered_on_call(param) for param in model.parameters()):
+        return False
+    device = model.get_input_embeddings().weight.device
+    inputs = {"input_ids": torch.zeros(1, 2, dtype=torch.long, device=device), "use_cache": False}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "position_ids" in inspect.signature(base.forward).parameters:
+        inputs["position_ids"] = torch.arange(2, device=device)[None]  # per-example attention needs them
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(2):  # the first call proposes partners, the second takes them on
+                model(**inputs)
+    finally:
+        model.train(training)
+    return True
+
+
 def _gathered_on_call(param: torch.Tensor) -> bool:
     """DeepSpeed ZeRO-3 partitions parameters and gathers a module's own when that module is called;
     the fused path reads lora_A and lora_B (and its siblings') weights without calling them."""

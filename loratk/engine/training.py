@@ -45,7 +45,7 @@ def peak_memory_mb() -> dict[str, float]:
 def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from loratk.engine.fused_lora import fuse_lora_layers
+    from loratk.engine.fused_lora import fuse_lora_layers, learn_shared_inputs
     from loratk.engine.fused_mlp import fuse_gated_mlps
     from loratk.engine.fused_norm import fuse_rms_norms
 
@@ -68,6 +68,7 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     fuse_lora_layers(model)  # adapters summed in place; layers reading one input share one product
     fuse_rms_norms(model)  # frozen norms: closed-form backward, no fp32 copy kept
     fuse_gated_mlps(model)  # silu(gate) * up keeps gate and up, not silu(gate) too
+    learn_shared_inputs(model)  # grouped from the first step on, so resumed runs repeat exactly
     if autocast:
         # Layers that keep peft's forward (DoRA and other variants) cast each adapter's input to
         # fp32 first; under autocast their matmuls run in bf16/fp16 anyway, so that copy is waste.

@@ -160,10 +160,9 @@ def test_report_to_tensorboard_writes_event_files(text_data, tiny_model, tmp_pat
     assert events and events[0].stat().st_size > 0
 
 
-def test_sibling_layers_share_one_lora_product_once_the_optimizer_stepped(text_data, tiny_model, tmp_path,
-                                                                           monkeypatch):
-    """q/k/v and gate/up share their adapters' first product from the second step on, whatever
-    optimizer train uses (its default fused AdamW leaves the weights' version counters alone)."""
+def test_sibling_layers_share_one_lora_product_from_the_first_step(text_data, tiny_model, tmp_path, monkeypatch):
+    """q/k/v and gate/up share their adapters' first product in every training step: two forwards
+    without autograd teach the grouping before training."""
     from loratk.engine import fused_lora
 
     calls = []
@@ -172,8 +171,8 @@ def test_sibling_layers_share_one_lora_product_once_the_optimizer_stepped(text_d
                         lambda x, p, seed, dtype, *weights: calls.append(len(weights)) or apply(x, p, seed, dtype, *weights))
     train(text_data, tiny_model, tmp_path / "out", "--max_steps", "2", "--per_device_train_batch_size", "64",
           "--target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
-    layers = len(calls) // (7 + 4)  # step 1: one product per adapter; step 2: per group
-    assert layers > 0 and calls == [1] * 7 * layers + [3, 1, 2, 1] * layers
+    layers = len(calls) // (7 + 3 * 4)  # the learning forward: one product per adapter; then per group
+    assert layers > 0 and calls == [1] * 7 * layers + [3, 1, 2, 1] * layers * 3  # learning, steps 1 and 2
 
 
 def test_gradient_checkpointing_policy_is_reported(text_data, tiny_model, tmp_path):

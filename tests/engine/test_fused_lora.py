@@ -167,6 +167,18 @@ def test_layers_that_read_one_input_share_one_down_product(down_calls, make_step
     assert down_calls == [3, 1, 2, 1] * 2
 
 
+def test_the_grouping_can_be_learned_before_training_without_drawing_random_numbers(down_calls):
+    model = tiny_peft()  # with dropout: a training forward would draw seeds
+    fuse_lora_layers(model)
+    model.train()
+    state = torch.get_rng_state()
+    assert fused_lora.learn_shared_inputs(model)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    down_calls.clear()
+    model(input_ids=IDS, labels=IDS).loss.backward()  # the first step is grouped
+    assert down_calls == [3, 1, 2, 1] * 2
+
+
 def test_without_autograd_the_grouping_starts_at_the_next_call(down_calls):
     model = tiny_peft()
     fuse_lora_layers(model)
