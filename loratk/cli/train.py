@@ -78,7 +78,8 @@ def print_summary(summary: dict, final_dir) -> None:
         ("base model", summary["base_model"]),
         ("examples", f"{summary['train_examples']} train, {summary['eval_examples']} eval, "
                      f"{summary['truncated_examples']} truncated, {summary.get('dropped_examples', 0)} dropped"),
-        ("packing", (f"on, {100 * summary['packing_efficiency']:.1f}% of token slots used" if summary.get("packing")
+        ("packing", ("on, each batch one row without padding" if summary.get("one_row_batches")
+                     else f"on, {100 * summary['packing_efficiency']:.1f}% of token slots used" if summary.get("packing")
                      else summary.get("packing_note", "off"))),
         ("trainable parameters", f"{summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
                                  f"({100 * summary['trainable_parameters'] / summary['total_parameters']:.3f}%)"),

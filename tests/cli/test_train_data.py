@@ -86,6 +86,7 @@ def test_every_row_format_and_file_type_trains_with_completion_only_loss(mix, tm
         text_tokens = json.loads(preview.stdout)["trained_tokens"]
     assert 0 < stats["trained_tokens"] - text_tokens < (stats["tokens"] - text_tokens) / 2  # responses only
     assert stats["packing"] is True and 0 < stats["packing_efficiency"] <= 1
+    assert stats["one_row_batches"] is True  # per-example attention: a batch is one row, nothing padded
     assert stats["steps"] == 2 and stats["train_loss"] > 0
 
 

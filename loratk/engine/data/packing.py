@@ -6,6 +6,10 @@ carry no ``attention_mask``: transformers then builds a per-example causal mask 
 restarts (``masking_utils.find_packed_sequence_indices``; only without a mask and without a KV
 cache, hence ``use_cache=False``). The first label of each example is masked, so no example is
 trained to predict its first token from the one before it.
+
+Where attention runs per example whatever the row (``ONE_ROW_ATTENTION``: loratk's per-example
+attention), the rows of a batch are concatenated into one row: nothing is padded at all, and a
+batch costs the compute of its real tokens only. The rows still decide which examples form a batch.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from loratk.engine.data.tokenize import IGNORE_INDEX
 EXACT_ATTENTION = frozenset({"eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3",
                              "loratk_varlen"})
 _MASK_BUILDERS = ("create_causal_mask", "create_sliding_window_causal_mask", "create_masks_for_generate")
+# Attention implementations whose cost does not grow with the row: a batch's rows may be one row.
+# (A masked kernel's cost grows with the square of the row.)
+ONE_ROW_ATTENTION = frozenset({"loratk_varlen"})
 
 
 def best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -72,11 +79,21 @@ def padded_efficiency(lengths: Sequence[int], batch_size: int) -> float:
     return sum(lengths) / slots if slots else 0.0
 
 
+def _inner(model):
+    """The transformers model under DDP's and peft's wrappers."""
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
 def packing_blocker(model) -> str | None:
     """Why packing would not be exact for ``model`` (None: it is exact)."""
-    inner = getattr(model, "module", model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    inner = _inner(model)
     return class_packing_blocker(type(inner), getattr(inner.config, "_attn_implementation", None))
+
+
+def batches_as_one_row(model) -> bool:
+    """Whether ``model``'s attention lets a batch's packed rows be concatenated into one."""
+    return getattr(_inner(model).config, "_attn_implementation", None) in ONE_ROW_ATTENTION
 
 
 def class_packing_blocker(model_class: type, attention: str | None) -> str | None:
@@ -96,14 +113,19 @@ def class_packing_blocker(model_class: type, attention: str | None) -> str | Non
 
 
 class PackedCollator:
-    """Stack packed rows, padding the shorter ones with a final segment nothing attends to."""
+    """Stack packed rows, padding the shorter ones with a final segment nothing attends to; or,
+    with ``one_row``, concatenate them into one row without padding."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, one_row: bool = False):
         self.pad_token_id = pad_token_id
+        self.one_row = one_row
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
+        if self.one_row:
+            return {key: torch.tensor([[value for r in rows for value in r[key]]], dtype=torch.long)
+                    for key in ("input_ids", "labels", "position_ids")}
         longest = max(len(r["input_ids"]) for r in rows)
         input_ids, labels, positions = [], [], []
         for r in rows:

@@ -27,7 +27,8 @@ class PreparedData:
     def arrange_for(self, model, batch_size: int = 1) -> None:
         """Pack the examples when that is exact for ``model`` (and wanted), else pad them."""
         from loratk.engine.data.collate import PadCollator
-        from loratk.engine.data.packing import PackedCollator, pack_rows, packing_blocker, padded_efficiency
+        from loratk.engine.data.packing import (PackedCollator, batches_as_one_row, pack_rows, packing_blocker,
+                                                padded_efficiency)
 
         blocker = packing_blocker(model) if self.packing is not False else "packing is off (--no-packing)"
         if self.packing is not False and blocker:
@@ -35,7 +36,10 @@ class PreparedData:
         if blocker is None:
             self.train = pack_rows(self.train, self.max_seq_length)
             self.eval = pack_rows(self.eval, self.max_seq_length) if self.eval is not None else None
-            self.collator = PackedCollator(self.pad_token_id)
+            one_row = batches_as_one_row(model)
+            self.collator = PackedCollator(self.pad_token_id, one_row=one_row)
+            if one_row:  # nothing is padded
+                self.stats.update(packing_efficiency=1.0, one_row_batches=True)
         else:
             self.collator = PadCollator(self.pad_token_id)
             self.stats["packing_efficiency"] = round(padded_efficiency(list(self.train["length"]), batch_size), 4)

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from loratk.engine.data.packing import (PackedCollator, best_fit, class_packing_blocker, pack_rows,
-                                        packing_blocker, packing_efficiency, padded_efficiency)
+from loratk.engine.data.packing import (PackedCollator, batches_as_one_row, best_fit, class_packing_blocker,
+                                        pack_rows, packing_blocker, packing_efficiency, padded_efficiency)
 from loratk.engine.data.tokenize import IGNORE_INDEX, target_count
 
 
@@ -91,6 +91,47 @@ def test_padding_is_a_segment_of_its_own(tiny_llama):
         padded = tiny_llama(**{k: v for k, v in batch.items() if k != "labels"}).logits
         alone = tiny_llama(input_ids=torch.tensor([examples[1]["input_ids"]])).logits
     torch.testing.assert_close(padded[1, :4], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def varlen_llama(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from loratk.engine.attention import use_varlen_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model.config.use_cache = False
+    assert use_varlen_attention(model, max_seq_length=48)
+    return model.eval()
+
+
+def test_one_row_batches_have_no_padding_and_the_rows_losses_and_logits(varlen_llama):
+    model = varlen_llama
+    examples = random_examples(model.config.vocab_size, [17, 9, 30, 5, 12, 21, 40])
+    rows = [row for row in pack_rows(examples, capacity=48)]
+    assert len({len(row["input_ids"]) for row in rows}) > 1  # stacked rows need padding
+    stacked = PackedCollator(pad_token_id=0)(rows)
+    one_row = PackedCollator(pad_token_id=0, one_row=True)(rows)
+    assert one_row["input_ids"].shape == (1, sum(examples["length"]))
+    assert one_row["position_ids"][0].eq(0).sum() == len(examples)  # one segment per example, none of padding
+    with torch.no_grad():
+        out_stacked, out_one = model(**stacked), model(**one_row)
+    torch.testing.assert_close(out_one.loss, out_stacked.loss, atol=1e-6, rtol=1e-6)
+    real = [out_stacked.logits[i, :len(row["input_ids"])] for i, row in enumerate(rows)]
+    torch.testing.assert_close(out_one.logits[0], torch.cat(real), atol=1e-5, rtol=1e-5)
+
+
+def test_batches_are_one_row_only_where_attention_runs_per_example(tiny_llama, varlen_llama):
+    from loratk.engine.data.pipeline import PreparedData
+
+    assert batches_as_one_row(varlen_llama) and not batches_as_one_row(tiny_llama)  # sdpa: a mask over the row
+    examples = random_examples(tiny_llama.config.vocab_size, [10, 4, 7, 30])
+    for model, one_row in ((varlen_llama, True), (tiny_llama, False)):
+        data = PreparedData(examples, None, None, "text", {}, packing=None, max_seq_length=32)
+        data.arrange_for(model, batch_size=2)
+        assert data.collator.one_row is one_row and data.stats.get("one_row_batches", False) is one_row
+        batch = data.collator([data.train[i] for i in range(2)])
+        assert batch["input_ids"].shape == ((1, 51) if one_row else (2, 30))
 
 
 def test_packing_is_exact_for_the_tiny_llama_and_refused_where_positions_are_ignored(tiny_llama):
