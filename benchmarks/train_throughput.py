@@ -16,6 +16,8 @@ step, i.e. 4 rows of 512):
 and loratk with one of its means taken away at a time (--ablations, on by default), so each is
 measured on its own:
   loratk-no-packing       padded batches instead of padding-free packing
+  loratk-stacked-rows     a batch's packed rows stacked, each padded to the longest, instead of
+                          concatenated into one row without padding
   loratk-masked-attention packed rows, but transformers' block-diagonal mask instead of
                           per-example attention
   loratk-flash-attention  per-example attention, every example through sdpa's flash kernel
@@ -25,6 +27,8 @@ measured on its own:
   loratk-peft-lora        peft's LoRA forward (a dropout mask and a dropped copy per module,
                           lora_B's product, the scaling and the sum as separate passes) instead of
                           loratk's fused LoRA layers
+  loratk-unshared-input   fused LoRA layers, but q/k/v and gate/up each multiply their (shared)
+                          input by their own lora_A instead of one stacked product
   loratk-plain-norm       transformers' RMSNorm (autograd's backward, an fp32 copy kept) instead
                           of loratk's frozen RMSNorm
   loratk-plain-mlp        transformers' gated MLP (silu(gate), gate and up kept) instead of
@@ -62,11 +66,13 @@ CONFIGS = ("loratk", "seed", "trl-fp32", "trl-bf16")
 # loratk with one mean taken away: (TrainConfig overrides, what to switch off in the engine)
 ABLATIONS = {
     "loratk-no-packing": ({"packing": False}, None),
+    "loratk-stacked-rows": ({}, "one-row"),
     "loratk-masked-attention": ({}, "attention"),
     "loratk-flash-attention": ({}, "matmul-attention"),
     "loratk-fp32": ({"bf16": False}, None),
     "loratk-plain-loss": ({}, "loss"),
     "loratk-peft-lora": ({}, "lora"),
+    "loratk-unshared-input": ({}, "shared-input"),
     "loratk-plain-norm": ({}, "norm"),
     "loratk-plain-mlp": ({}, "mlp"),
     "loratk-checkpointing": ({"gradient_checkpointing": True}, None),
@@ -115,7 +121,11 @@ def lora_config():
 
 def switch_off(mean: str | None) -> None:
     """Take one of loratk's means away in this (worker) process."""
-    if mean == "attention":
+    if mean == "one-row":
+        import loratk.engine.data.packing
+
+        loratk.engine.data.packing.batches_as_one_row = lambda model: False
+    elif mean == "attention":
         import loratk.engine.attention
 
         loratk.engine.attention.use_varlen_attention = lambda model, max_seq_length: False
@@ -131,6 +141,11 @@ def switch_off(mean: str | None) -> None:
         import loratk.engine.fused_lora
 
         loratk.engine.fused_lora.fuse_lora_layers = lambda model: 0
+    elif mean == "shared-input":
+        from loratk.engine.shared_input import SharedInput
+
+        SharedInput.take = lambda self, layer, x, key: None
+        SharedInput.members = lambda self, owner, stamp: [owner]
     elif mean == "norm":
         import loratk.engine.fused_norm
 
