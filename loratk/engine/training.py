@@ -52,6 +52,9 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
     if quantized:
         import torch
 
+        from loratk.engine.quantized_training import keep_training_layout
+
+        keep_training_layout(model)  # an eval forward must not repack weights into a layout without backward
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         # peft upcasts what stays unquantized (embeddings, norms, head) for bitsandbytes only; do it

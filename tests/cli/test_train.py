@@ -130,6 +130,12 @@ def test_qlora_on_cpu(flag, text_data, tiny_model, tmp_path):
     assert run[flag.lstrip("-")] is True
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert logits(tiny_model, out / "final").isfinite().all()
+    # lora_B starts at zero: it moves only if gradients flow through the quantized base (bitsandbytes'
+    # CPU inference layout, which an eval-mode forward can switch a 4-bit layer to, has no backward)
+    from safetensors.torch import load_file
+
+    lora_b = [t for name, t in load_file(out / "final" / "adapter_model.safetensors").items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)
 
 
 def test_eval_split_reports_eval_loss_and_perplexity(text_data, tiny_model, tmp_path):
