@@ -8,10 +8,10 @@ a fresh tensor owns it, a sibling called with that very tensor (same object, not
 is proposed as the owner's partner, and a partner called with another tensor than its owner's is
 proposed for removal. A wrong guess costs an extra product, never a wrong result.
 
-Proposals take effect at the owner's first call after its adapter weights changed (``weights_stamp``:
-an optimizer stepped or the weights were updated in place), or at once without autograd. Gradient checkpointing needs that: a checkpointed layer runs
-again in backward and must save the same tensors as in its forward, so the grouping may not change
-between the two.
+Proposals take effect at the owner's first call after its adapter weights changed
+(``weights_stamp``: an optimizer stepped or the weights were updated in place), or at once without
+autograd. Gradient checkpointing needs that: a checkpointed layer runs again in backward and must
+save the same tensors as in its forward, so the grouping may not change between the two.
 
 The input is held by a weak reference, and a product waits only until its layer runs.
 """
