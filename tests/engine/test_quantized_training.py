@@ -12,10 +12,11 @@ pytest.importorskip("bitsandbytes")
 
 def qlora_model(path, keep_layout: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=torch.float32)
+    from loratk.plugins.builtin.quantization import build_bnb_4bit
+
+    quantization = build_bnb_4bit({"compute_dtype": torch.float32})  # what --use_4bit loads with
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization)
     switched = keep_training_layout(model) if keep_layout else 0
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
