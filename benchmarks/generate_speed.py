@@ -19,24 +19,16 @@ The goal is loratk / transformers >= 0.95.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # benchmarks/machine.py, beside this script
+
 PROMPTS = ["Write a short poem about the sea.", "Explain what a LoRA adapter is.",
            "List three uses of a paperclip.", "What should I cook tonight?"]
-
-
-def machine() -> str:
-    import torch
-
-    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-              else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
-    return f"{platform.machine()} {platform.system()}, {device}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def make_adapter(base: str, folder: Path) -> Path:
@@ -146,7 +138,7 @@ def report(rates, tokens, base, args) -> None:
         table.add_row(name, str(tokens[name]), f"{rate:,.1f}", f"{rate / baseline:.2f}x")
     console = Console()
     console.print(table)
-    console.print(f"machine: {machine()}")
+    console.print(f"machine: {describe()}")
     ratio = statistics.median(rates["loratk generate (merged)"]) / baseline
     console.print(f"goal loratk / transformers >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'} ({ratio:.2f}x)")
 

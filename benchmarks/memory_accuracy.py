@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe  # benchmarks/machine.py, beside this script
 
 # name -> (model, options of loratk train)
 LLAMA_SMALL = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -119,20 +120,6 @@ def estimate(model: str, data: Path, out: Path, options: dict, device: str) -> i
     return round(estimate_memory(model_shape(meta.model), settings).tensor_bytes)
 
 
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} (CPU)"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the three smallest settings")
@@ -151,7 +138,7 @@ def main() -> int:
     data = write_data(tmp / "data.jsonl")
     built: dict[str, str] = {}
     rows = []
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {describe()}", flush=True)
     header = f"{'setting':38} {'estimate MiB':>12} {'measured MiB':>12} {'ratio':>6}  {'seconds':>7}"
     print(header + "\n" + "-" * len(header), flush=True)
     for name, model_key, options in QUICK if args.quick else SETTINGS:

@@ -51,7 +51,6 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import pydoc
 import resource
 import statistics
@@ -60,6 +59,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe  # benchmarks/machine.py, beside this script
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIGS = ("loratk", "seed", "trl-fp32", "trl-bf16")
@@ -354,8 +355,7 @@ def main() -> None:
     lengths = [len(json.loads(l)["prompt"]) + len(json.loads(l)["completion"]) for l in data.read_text().splitlines()]
     per_token = flops_per_token(args.model, avg_context=statistics.mean(lengths) / 4 / 2)
     base = statistics.median(r["rate"] for r in results.get("loratk", [])) if results.get("loratk") else None
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU ' + torch.backends.cpu.get_cpu_capability()}")
+    print(f"\nmachine: {describe()}")
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s; "
           f"model: {args.model}; {len(lengths)} examples; rows of {MAX_LEN} tokens, {BATCH} per step; "
           f"{args.repeats} interleaved repeats\n")

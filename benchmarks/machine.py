@@ -1,0 +1,46 @@
+"""One line naming the machine a benchmark ran on, shared by the benchmarks in this folder.
+
+CPUs sold under one name differ: two "AMD EPYC" virtual machines of this project measured a bf16
+matmul peak of 878 and 418 GFLOP/s (Zen 5 runs AVX-512 at full width, Zen 4 in two halves), so
+the line carries the x86 family and model numbers and the vector extensions torch uses.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_fields(cpuinfo: str) -> dict[str, str]:
+    """The first processor's fields from the text of /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
+def cpu_name(fields: dict[str, str]) -> str:
+    """E.g. 'AMD EPYC (family 25 model 17)'; the platform's processor name without /proc/cpuinfo."""
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
+def describe() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            fields = cpu_fields(handle.read())
+    except OSError:
+        fields = {}
+    flags = fields.get("flags", "").split()
+    bf16 = ", native bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else ""
+    return (f"{cpu_name(fields)}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"{torch.backends.cpu.get_cpu_capability()}{bf16}, torch {torch.__version__}")
