@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from machine import describe  # benchmarks/machine.py, beside this script
+
 
 def timed(fn, repeats: int) -> float:
     fn()
@@ -46,6 +48,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     peak = 2 * 2048**3 / timed(lambda: a @ b, 5)
+    print(f"machine: {describe()}")
     print(f"{args.model}: {heads} heads, {kv_heads} key/value heads, head size {dim}; {args.dtype}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.0f} GFLOP/s; "
           f"loratk's blocks of {BLOCK_BYTES >> 10} KiB")

@@ -1,8 +1,9 @@
 """One line naming the machine a benchmark ran on, shared by the benchmarks in this folder.
 
-CPUs sold under one name differ: two "AMD EPYC" virtual machines of this project measured a bf16
-matmul peak of 878 and 418 GFLOP/s (Zen 5 runs AVX-512 at full width, Zen 4 in two halves), so
-the line carries the x86 family and model numbers and the vector extensions torch uses.
+CPUs sold under one name differ: two "AMD EPYC" virtual machines of this project measured bf16
+matmul peaks of 878 and 418 GFLOP/s at about the same fp32 peak (the second is family 25 model
+17, a Zen 4, which runs 512-bit instructions in two halves), so the line carries the x86 family
+and model numbers and the vector extensions torch uses.
 """
 
 from __future__ import annotations

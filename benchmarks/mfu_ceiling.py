@@ -18,6 +18,8 @@ import argparse
 import random
 import time
 
+from machine import describe  # benchmarks/machine.py, beside this script
+
 
 def timed(fn, repeats: int = 5) -> float:
     fn()
@@ -80,6 +82,7 @@ def main() -> None:
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     peak = 2 * 2048**3 / min(timed(lambda: a @ b, 1) for _ in range(5))
     flops = tokens * 4 * (layers * sum(i * o for i, o in projections) + hidden * config.vocab_size)
+    print(f"machine: {describe()}")
     print(f"{args.model}, {args.dtype}, {args.rows} rows x {args.length} tokens, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"matmul peak (2048^3): {peak / 1e9:.0f} GFLOP/s")

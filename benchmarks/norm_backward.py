@@ -13,6 +13,8 @@ import argparse
 import statistics
 import time
 
+from machine import describe  # benchmarks/machine.py, beside this script
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +49,7 @@ def main() -> None:
             step(norm)
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["transformers"])
+    print(f"machine: {describe()}")
     print(f"RMSNorm, {args.tokens} tokens x {args.hidden}, {args.dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     for name, norm in (("transformers", plain), ("loratk", fused)):
