@@ -49,9 +49,8 @@ def main() -> None:
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     peak = 2 * 2048**3 / timed(lambda: a @ b, 5)
     print(f"machine: {describe()}")
-    print(f"{args.model}: {heads} heads, {kv_heads} key/value heads, head size {dim}; {args.dtype}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.0f} GFLOP/s; "
-          f"loratk's blocks of {BLOCK_BYTES >> 10} KiB")
+    print(f"{args.model}: {heads} heads, {kv_heads} key/value heads, head size {dim}; {args.dtype}; "
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s; loratk's blocks of {BLOCK_BYTES >> 10} KiB")
     print(f"{'length':>7} {'flash ms':>9} {'bmm ms':>8} {'flash/bmm':>10} {'flash % of peak':>16} {'bmm % of peak':>14}")
     for length in (int(n) for n in args.lengths.split(",")):
         query = torch.randn(heads, length, dim, dtype=dtype, requires_grad=True)

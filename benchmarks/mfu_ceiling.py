@@ -83,8 +83,7 @@ def main() -> None:
     peak = 2 * 2048**3 / min(timed(lambda: a @ b, 1) for _ in range(5))
     flops = tokens * 4 * (layers * sum(i * o for i, o in projections) + hidden * config.vocab_size)
     print(f"machine: {describe()}")
-    print(f"{args.model}, {args.dtype}, {args.rows} rows x {args.length} tokens, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"{args.model}, {args.dtype}, {args.rows} rows x {args.length} tokens")
     print(f"matmul peak (2048^3): {peak / 1e9:.0f} GFLOP/s")
     print(f"frozen matmuls, forward + input gradient: {matmuls:.2f} s, head {head:.2f} s "
           f"({100 * flops / (matmuls + head) / peak:.0f}% of the peak)")

@@ -50,8 +50,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["transformers"])
     print(f"machine: {describe()}")
-    print(f"RMSNorm, {args.tokens} tokens x {args.hidden}, {args.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"RMSNorm, {args.tokens} tokens x {args.hidden}, {args.dtype}")
     for name, norm in (("transformers", plain), ("loratk", fused)):
         median = statistics.median(times[name])
         print(f"{name:13s} {median * 1e3:7.2f} ms  {base / median:5.2f}x  keeps {kept_for_backward(lambda: norm(x)) / 2**20:6.2f} MiB")
