@@ -9,18 +9,8 @@ import sys
 import click
 
 from loratk import __version__
+from loratk.commands import COMMANDS
 from loratk.errors import LoratkError
-
-# name -> "module:attribute"; only commands that work are listed.
-COMMANDS = {
-    "train": "loratk.cli.train:train",
-    "recipes": "loratk.cli.recipes:recipes",
-    "plugins": "loratk.cli.plugins:plugins",
-    "inspect-modules": "loratk.cli.inspect_modules:inspect_modules",
-    "estimate-memory": "loratk.cli.estimate_memory:estimate_memory",
-    "generate": "loratk.cli.generate:generate",
-    "merge": "loratk.cli.merge:merge",
-}
 
 
 class CommandError(click.ClickException):

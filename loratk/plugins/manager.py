@@ -188,7 +188,7 @@ class LoratkPlugins:
     def _collect_commands(self, plugin: object, name: str) -> None:
         import click
 
-        from loratk.cli import COMMANDS
+        from loratk.commands import COMMANDS
 
         # Each plugin adds to a group of its own, so loratk knows who added which command.
         group = click.Group(name)
