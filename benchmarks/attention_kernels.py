@@ -5,7 +5,7 @@
 
 For each example length, times forward plus backward of one example's causal attention (the
 model's query, key/value heads and head size) with ``scaled_dot_product_attention``'s flash kernel
-and with ``loratk.engine.matmul_attention`` in the same run, and prints both, their ratio, and
+and with ``loratk.engine.kernels.matmul_attention`` in the same run, and prints both, their ratio, and
 each kernel's FLOP rate (causal FLOPs) against the matmul peak measured in the same run.
 """
 
@@ -38,8 +38,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from loratk.engine.models import load_config, resolve_model_path
-    from loratk.engine.matmul_attention import BLOCK_BYTES, causal_attention
+    from loratk.engine.models.loading import load_config, resolve_model_path
+    from loratk.engine.kernels.matmul_attention import BLOCK_BYTES, causal_attention
 
     config = load_config(resolve_model_path(args.model))
     heads = config.num_attention_heads

@@ -85,10 +85,10 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    from loratk.engine.adapters import parse_adapter_specs
-    from loratk.engine.generation import GenerationSettings, load_session
-    from loratk.engine.merging import merge
-    from loratk.engine.models import resolve_model_path
+    from loratk.engine.models.adapters import parse_adapter_specs
+    from loratk.engine.inference.generation import GenerationSettings, load_session
+    from loratk.engine.inference.merging import merge
+    from loratk.engine.models.loading import resolve_model_path
 
     base = resolve_model_path(args.model)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)

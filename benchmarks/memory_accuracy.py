@@ -100,8 +100,8 @@ def measure(model: str, data: Path, out: Path, options: dict) -> int:
     """Peak tensor bytes of one training run (called in a fresh process)."""
     from rich.console import Console
 
-    from loratk.engine.memory_measure import measure_training_peak
-    from loratk.engine.training import train
+    from loratk.engine.memory.measure import measure_training_peak
+    from loratk.engine.training.run import train
 
     config = config_for(model, data, out, options)
     with open(os.devnull, "w") as sink:
@@ -109,10 +109,10 @@ def measure(model: str, data: Path, out: Path, options: dict) -> int:
 
 
 def estimate(model: str, data: Path, out: Path, options: dict, device: str) -> int:
-    from loratk.engine.memory import estimate as estimate_memory
-    from loratk.engine.memory import model_shape
-    from loratk.engine.memory_report import default_attention, settings_for
-    from loratk.engine.meta_model import build_meta_model
+    from loratk.engine.memory.estimate import estimate as estimate_memory
+    from loratk.engine.memory.estimate import model_shape
+    from loratk.engine.memory.report import default_attention, settings_for
+    from loratk.engine.models.meta_model import build_meta_model
 
     meta = build_meta_model(model)
     config = config_for(model, data, out, options)

@@ -51,8 +51,8 @@ def main() -> None:
 
     import torch
 
-    from loratk.engine.attention import varlen_attention
-    from loratk.engine.models import load_config, resolve_model_path
+    from loratk.engine.kernels.attention import varlen_attention
+    from loratk.engine.models.loading import load_config, resolve_model_path
 
     config = load_config(resolve_model_path(args.model))
     dtype = getattr(torch, args.dtype)

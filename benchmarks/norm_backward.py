@@ -27,8 +27,8 @@ def main() -> None:
     import torch
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from loratk.engine.fused_norm import fuse_rms_norms
-    from loratk.engine.memory_measure import kept_for_backward
+    from loratk.engine.kernels.fused_norm import fuse_rms_norms
+    from loratk.engine.memory.measure import kept_for_backward
 
     dtype = getattr(torch, args.dtype)
     plain = LlamaRMSNorm(args.hidden).to(dtype).requires_grad_(False)

@@ -127,41 +127,41 @@ def switch_off(mean: str | None) -> None:
 
         loratk.engine.data.packing.batches_as_one_row = lambda model: False
     elif mean == "attention":
-        import loratk.engine.attention
+        import loratk.engine.kernels.attention
 
-        loratk.engine.attention.use_varlen_attention = lambda model, max_seq_length: False
+        loratk.engine.kernels.attention.use_varlen_attention = lambda model, max_seq_length: False
     elif mean == "matmul-attention":
-        import loratk.engine.matmul_attention
+        import loratk.engine.kernels.matmul_attention
 
-        loratk.engine.matmul_attention.applies = lambda query: False
+        loratk.engine.kernels.matmul_attention.applies = lambda query: False
     elif mean == "loss":
-        import loratk.engine.trainer
+        import loratk.engine.training.trainer
 
-        loratk.engine.trainer.head_weight_if_fusable = lambda model: None
+        loratk.engine.training.trainer.head_weight_if_fusable = lambda model: None
     elif mean == "lora":
-        import loratk.engine.fused_lora
+        import loratk.engine.kernels.fused_lora
 
-        loratk.engine.fused_lora.fuse_lora_layers = lambda model: 0
+        loratk.engine.kernels.fused_lora.fuse_lora_layers = lambda model: 0
     elif mean == "shared-input":
-        from loratk.engine.shared_input import SharedInput
+        from loratk.engine.kernels.shared_input import SharedInput
 
         SharedInput.take = lambda self, layer, x, key: None
         SharedInput.members = lambda self, owner, stamp: [owner]
     elif mean == "norm":
-        import loratk.engine.fused_norm
+        import loratk.engine.kernels.fused_norm
 
-        loratk.engine.fused_norm.fuse_rms_norms = lambda model: 0
+        loratk.engine.kernels.fused_norm.fuse_rms_norms = lambda model: 0
     elif mean == "mlp":
-        import loratk.engine.fused_mlp
+        import loratk.engine.kernels.fused_mlp
 
-        loratk.engine.fused_mlp.fuse_gated_mlps = lambda model: 0
+        loratk.engine.kernels.fused_mlp.fuse_gated_mlps = lambda model: 0
 
 
 def run_loratk(model: str, data: str, out: str, variant: str = "loratk") -> dict:
     from rich.console import Console
 
     from loratk.config.train_config import TrainConfig
-    from loratk.engine.training import train
+    from loratk.engine.training.run import train
 
     overrides, mean = ABLATIONS.get(variant, ({}, None))
     switch_off(mean)
@@ -178,7 +178,7 @@ def run_seed(model: str, data: str, out: str) -> dict:
     from transformers import (AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
 
-    from loratk.engine.models import load_tokenizer, resolve_model_path
+    from loratk.engine.models.loading import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(model)
     tokenizer = load_tokenizer(path)
@@ -200,7 +200,7 @@ def run_trl(model: str, data: str, out: str, bf16: bool) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from loratk.engine.models import load_tokenizer, resolve_model_path
+    from loratk.engine.models.loading import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(model)
     tokenizer = load_tokenizer(path)
@@ -295,7 +295,7 @@ def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
 
 def flops_per_token(model: str, avg_context: float) -> float:
     """LoRA training FLOPs per token: forward + input-gradient backward through the frozen base."""
-    from loratk.engine.models import load_config, resolve_model_path
+    from loratk.engine.models.loading import load_config, resolve_model_path
 
     config = load_config(resolve_model_path(model))
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size

@@ -73,8 +73,8 @@ def estimate_memory(ctx: click.Context, model: str | None, device: str, optimize
     TrainConfig.from_mapping(given, "command line")  # bad numbers fail before anything is built
     budget = parse_memory(gpu_memory) if gpu_memory is not None else None
 
-    from loratk.engine.memory_report import memory_report
-    from loratk.engine.meta_model import build_meta_model
+    from loratk.engine.memory.report import memory_report
+    from loratk.engine.models.meta_model import build_meta_model
 
     meta = build_meta_model(model, bool(given.get("trust_remote_code")))
     source = f"recipe {model} with command line" if meta.recipe_values else "command line"

@@ -120,8 +120,8 @@ def generate(adapters, model, prompts, prompts_file, output, overwrite, chat_tem
     quant = quantization_name(use_4bit, use_8bit, quantization)
     prompt_list = collect_prompts(prompts, prompts_file, chat)
 
-    from loratk.engine.adapters import parse_adapter_specs
-    from loratk.engine.generation import GenerationSettings, load_session
+    from loratk.engine.models.adapters import parse_adapter_specs
+    from loratk.engine.inference.generation import GenerationSettings, load_session
 
     specs = parse_adapter_specs(adapters)
     settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, seed)

@@ -38,7 +38,7 @@ def inspect_modules(model: str | None, lora_rank: int, target_modules: str | Non
     """
     config = TrainConfig.from_mapping({"lora_rank": lora_rank, "target_modules": target_modules}, "command line")
 
-    from loratk.engine.meta_model import build_meta_model, module_report
+    from loratk.engine.models.meta_model import build_meta_model, module_report
 
     meta = build_meta_model(model, trust_remote_code)
     report = module_report(meta, config.target_module_list(), config.lora_rank, tree)

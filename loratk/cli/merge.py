@@ -53,8 +53,8 @@ def merge(adapters, output_dir, model, dtype, max_shard_size, verify, weights, c
     """Merge LoRA adapters into their (unquantized) base model and save it as a standalone model."""
     from rich.console import Console
 
-    from loratk.engine.adapters import parse_adapter_specs
-    from loratk.engine.merging import merge as run_merge
+    from loratk.engine.models.adapters import parse_adapter_specs
+    from loratk.engine.inference.merging import merge as run_merge
 
     console = Console(stderr=True)
     specs = parse_adapter_specs(adapters)

@@ -56,7 +56,7 @@ def train(ctx: click.Context, dataset: tuple[str, ...], recipe: str | None, dry_
             print_report(report, Console())
         return
 
-    from loratk.engine.training import train as run_training
+    from loratk.engine.training.run import train as run_training
 
     result = run_training(config, Console(stderr=True))
     if result.is_main_process:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from loratk.testing import run_cli
-from tests.engine.test_adapters import make_adapter
+from tests.engine.models.test_adapters import make_adapter
 
 SHORT = ["--max_new_tokens", "8"]
 
@@ -97,8 +97,8 @@ def test_chat_switches_adapters_and_keeps_history(adapters, tiny_model):
 
 def test_chat_history_reaches_the_model(adapters):
     from loratk.cli.chat import ChatLoop
-    from loratk.engine.adapters import parse_adapter_specs
-    from loratk.engine.generation import GenerationSettings, load_session
+    from loratk.engine.models.adapters import parse_adapter_specs
+    from loratk.engine.inference.generation import GenerationSettings, load_session
 
     session = load_session(parse_adapter_specs([str(adapters[0])]), dtype="fp32")
     lines = iter(["hello\n", "again\n", ""])

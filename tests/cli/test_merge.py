@@ -10,7 +10,7 @@ import pytest
 
 from loratk.testing import run_cli
 from tests.cli.test_generate import plain_greedy
-from tests.engine.test_adapters import make_adapter
+from tests.engine.models.test_adapters import make_adapter
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_existing_output_is_refused_unless_overwrite(adapters, tmp_path):
 
 
 def test_failed_verification_leaves_no_output(adapters, tmp_path, monkeypatch):
-    from loratk.engine import merging
+    from loratk.engine.inference import merging
 
     monkeypatch.setattr(merging, "FP32_TOLERANCE", -1.0)
     result = run_cli(["merge", "--adapter", str(adapters[0]), "--output_dir", str(tmp_path / "m")])
@@ -185,9 +185,9 @@ def test_embedded_model_train_generate_merge_round_trip(tmp_path):
 REFERENCE_RSS = """
 import resource, sys
 from pathlib import Path
-from loratk.engine.adapters import AdapterSpec, load_adapters
-from loratk.engine.merging import verification_logits
-from loratk.engine.models import load_model, load_tokenizer
+from loratk.engine.models.adapters import AdapterSpec, load_adapters
+from loratk.engine.inference.merging import verification_logits
+from loratk.engine.models.loading import load_model, load_tokenizer
 model = load_adapters(load_model(sys.argv[1], dtype="float32"), [AdapterSpec("default", Path(sys.argv[2]))], sys.argv[1])
 verification_logits(model, load_tokenizer(sys.argv[1]))  # every weight touched, as in merge's check
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

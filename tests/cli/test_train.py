@@ -169,7 +169,7 @@ def test_report_to_tensorboard_writes_event_files(text_data, tiny_model, tmp_pat
 def test_sibling_layers_share_one_lora_product_from_the_first_step(text_data, tiny_model, tmp_path, monkeypatch):
     """q/k/v and gate/up share their adapters' first product in every training step: two forwards
     without autograd teach the grouping before training."""
-    from loratk.engine import fused_lora
+    from loratk.engine.kernels import fused_lora
 
     calls = []
     apply = fused_lora._LoraDown.apply

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from loratk.engine.checkpoints import COMPLETE_MARKER, latest_checkpoint
+from loratk.engine.training.checkpoints import COMPLETE_MARKER, latest_checkpoint
 from loratk.testing import run_cli
 
 MAX_STEPS = 60
@@ -149,7 +149,7 @@ def test_output_dir_under_a_file_is_an_error_before_training(text_data, tiny_mod
 def test_full_disk_is_an_error_before_training(text_data, tiny_model, tmp_path, monkeypatch):
     import shutil
 
-    from loratk.engine import preflight
+    from loratk.engine.training import preflight
 
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 1024))
     out = tmp_path / "out"

@@ -22,7 +22,7 @@ def plugin(**hooks) -> object:
 def test_register_architectures_sets_default_targets(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from loratk.engine.targets import resolve_target_modules
+    from loratk.engine.models.targets import resolve_target_modules
 
     def register_architectures(register):
         register("llama", ["q_proj", "v_proj"])  # replaces the built-in entry
@@ -67,7 +67,7 @@ def test_register_dataset_formats_by_extension_and_by_name(tmp_path):
 
 
 def test_register_quantization_backends_builds_the_config_with_the_run_options():
-    from loratk.engine.models import quantization_config
+    from loratk.engine.models.loading import quantization_config
 
     seen = {}
 
@@ -86,7 +86,7 @@ def test_register_quantization_backends_builds_the_config_with_the_run_options()
 
 
 def test_register_quantization_backends_missing_package_is_a_one_line_error():
-    from loratk.engine.models import quantization_config
+    from loratk.engine.models.loading import quantization_config
 
     def build(options):
         import loratk_missing_quantization_library  # noqa: F401

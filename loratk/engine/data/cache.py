@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from loratk.engine.embedded import cache_root
+from loratk.engine.models.embedded import cache_root
 from loratk.fileio import atomic_directory
 
 FORMAT_VERSION = 1  # bump when tokenization changes what it produces

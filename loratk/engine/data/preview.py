@@ -59,7 +59,7 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     quiet_libraries()
     from loratk.engine.data.packing import best_fit, padded_efficiency
     from loratk.engine.data.pipeline import prepare_data
-    from loratk.engine.models import load_tokenizer, resolve_model_path
+    from loratk.engine.models.loading import load_tokenizer, resolve_model_path
 
     model_path = resolve_model_path(config.model_name_or_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from loratk.engine.adapters import AdapterSpec, active_adapter, adapter_names, base_model_of, load_adapters
+from loratk.engine.models.adapters import AdapterSpec, active_adapter, adapter_names, base_model_of, load_adapters
 from loratk.engine.quiet import quiet_libraries
 
 Prompt = Union[str, list[dict]]  # raw text, or a chat of {role, content} messages
@@ -163,7 +163,7 @@ def load_session(specs: list[AdapterSpec], model_name_or_path: str | None = None
                  system: str | None = None) -> Session:
     """Load the base (from the adapters' config unless given) once, and every adapter onto it."""
     quiet_libraries()
-    from loratk.engine.models import load_model, load_tokenizer
+    from loratk.engine.models.loading import load_model, load_tokenizer
 
     base_path = base_model_of(specs, model_name_or_path)
     device_map, torch_dtype = pick_device_and_dtype(dtype)

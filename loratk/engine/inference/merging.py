@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from loratk.engine.adapters import AdapterSpec, base_model_of, load_adapters, read_adapter_config, trained_quantization
-from loratk.engine.generation import stop_token_ids, tokenizer_source
+from loratk.engine.models.adapters import AdapterSpec, base_model_of, load_adapters, read_adapter_config, trained_quantization
+from loratk.engine.inference.generation import stop_token_ids, tokenizer_source
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
 from loratk.fileio import atomic_directory
@@ -98,7 +98,7 @@ def verification_logits(model, tokenizer) -> Any:
     import torch
 
     from loratk.engine.data.tokenize import render_chat
-    from loratk.engine.high_precision import float64_execution
+    from loratk.engine.inference.high_precision import float64_execution
 
     texts = [render_chat([{"role": "user", "content": p}], tokenizer, add_generation_prompt=True) for p in VERIFY_PROMPTS]
     with torch.inference_mode(), float64_execution(model):
@@ -160,7 +160,7 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
           adapter_only: bool = False, overwrite: bool = False, model_name_or_path: str | None = None,
           trust_remote_code: bool = False, log: Callable[[str], None] = lambda _: None) -> MergeResult:
     """Merge (or combine) adapters; write the result to ``output_dir`` only if it checks out."""
-    from loratk.engine.models import DTYPES, load_model, load_tokenizer
+    from loratk.engine.models.loading import DTYPES, load_model, load_tokenizer
 
     output_dir = Path(output_dir)
     combination, weights = check_request(specs, output_dir, overwrite, weights, combination, adapter_only)
@@ -178,7 +178,7 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
     quiet_libraries()
     import torch
 
-    from loratk.engine.allocator import return_large_frees_to_os
+    from loratk.engine.memory.allocator import return_large_frees_to_os
 
     return_large_frees_to_os()  # the layer-by-layer float64 check would otherwise leave its blocks resident
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
@@ -206,7 +206,7 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
             {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items() if k != "peak_memory"},
             indent=2), encoding="utf-8")
     del model
-    from loratk.engine.training import peak_memory_mb
+    from loratk.engine.memory.measure import peak_memory_mb
 
     result.peak_memory = peak_memory_mb()
     if torch.cuda.is_available():

@@ -6,7 +6,7 @@ falls back to the kernel that materialises the full attention matrix. loratk ins
 an attention function that cuts the row at the restarts and runs causal attention on each example
 alone: nothing quadratic in the row length is stored, and no mask is built at all. Each example goes
 to the faster of two kernels: on CPU in bfloat16 loratk's blocked batched-matmul kernel
-(``loratk.engine.matmul_attention``), elsewhere sdpa's memory-efficient (flash) kernel.
+(``loratk.engine.kernels.matmul_attention``), elsewhere sdpa's memory-efficient (flash) kernel.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from loratk.engine import matmul_attention
+from loratk.engine.kernels import matmul_attention
 
 NAME = "loratk_varlen"
 # Architectures whose attention is plain causal softmax attention called through transformers'

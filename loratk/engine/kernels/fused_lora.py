@@ -6,9 +6,9 @@ over an output-sized tensor (lora_B's product, the multiplication by scaling, th
 forward and one more (scaling the gradient) in backward, while the adapter itself is only r wide.
 
 Here ``_LoraDown`` computes ``dropout(x) @ A.T`` for every adapted layer that reads the same
-input (q/k/v, gate/up: ``loratk.engine.shared_input`` learns which) as one matmul: one dropped
+input (q/k/v, gate/up: ``loratk.engine.kernels.shared_input`` learns which) as one matmul: one dropped
 copy, one set of dropped units, one gradient for the input. Dropout zeroes the units that
-``loratk.engine.lora_dropout`` draws, in the dtype copy lora_A's matmul reads, so layers that share
+``loratk.engine.kernels.lora_dropout`` draws, in the dtype copy lora_A's matmul reads, so layers that share
 an input share its dropout mask, as the adapter of a fused qkv projection does. ``_LoraUp`` adds
 each layer's ``low @ B.T`` into the base layer's fresh output in place, one ``addmm_`` with the
 scaling and the dropout's 1 / (1 - p) folded in. Backward keeps the input (one storage, however many layers read
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from loratk.engine.lora_dropout import dropped_units, zeroed
-from loratk.engine.mixins import mix_into
-from loratk.engine.shared_input import SharedInput, weights_stamp
+from loratk.engine.kernels.lora_dropout import dropped_units, zeroed
+from loratk.engine.kernels.mixins import mix_into
+from loratk.engine.kernels.shared_input import SharedInput, weights_stamp
 
 
 class _LoraDown(torch.autograd.Function):
@@ -135,7 +135,7 @@ class FusedLoraForward:
             low = siblings.take(self, x, key)
             if low is not None:
                 return low
-        # the owner's weights identify when a new grouping may start (see loratk.engine.shared_input)
+        # the owner's weights identify when a new grouping may start (see loratk.engine.kernels.shared_input)
         stamp = weights_stamp(self.lora_A[name].weight) if torch.is_grad_enabled() else None
         members = [self] if siblings is None else [
             layer for layer in siblings.members(self, stamp) if layer is self or layer._takes_part(name, x, p, dtype)]

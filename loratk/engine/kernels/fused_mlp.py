@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from loratk.engine.mixins import mix_into, same_code
+from loratk.engine.kernels.mixins import mix_into, same_code
 
 
 class _SiluTimes(torch.autograd.Function):

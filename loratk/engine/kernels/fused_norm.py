@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from loratk.engine.mixins import mix_into, same_code
+from loratk.engine.kernels.mixins import mix_into, same_code
 
 
 class _FrozenRMSNorm(torch.autograd.Function):

@@ -34,8 +34,8 @@ def choose_gradient_checkpointing(model, config: TrainConfig, available: int | N
     """(on or off, why) for a run of ``model`` (before LoRA is attached) with ``config``."""
     import torch
 
-    from loratk.engine.memory import estimate, model_shape
-    from loratk.engine.memory_report import default_attention, settings_for
+    from loratk.engine.memory.estimate import estimate, model_shape
+    from loratk.engine.memory.report import default_attention, settings_for
 
     if config.gradient_checkpointing is not None:
         flag = "--gradient_checkpointing" if config.gradient_checkpointing else "--no-gradient_checkpointing"

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from loratk.engine.meta_model import LinearGroup, linear_groups, lora_parameter_count, targeted_names
+from loratk.engine.models.meta_model import LinearGroup, linear_groups, lora_parameter_count, targeted_names
 from loratk.errors import UsageError
 
 GiB = 2**30
@@ -26,10 +26,10 @@ BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
 BUILTIN_ROW_SCALE_BYTES = {"bnb-8bit": 4}
 OUTPUT_IN_COMPUTE_DTYPE = frozenset({"bnb-8bit"})
 UNKNOWN_BACKEND_BITS = 8.0
-LOSS_CHUNK_ROWS = 256  # loratk.engine.loss.DEFAULT_CHUNK
-LOSS_SOFTMAX_ROWS = 32  # loratk.engine.loss.SOFTMAX_ROWS
+LOSS_CHUNK_ROWS = 256  # loratk.engine.kernels.loss.DEFAULT_CHUNK
+LOSS_SOFTMAX_ROWS = 32  # loratk.engine.kernels.loss.SOFTMAX_ROWS
 ATTENTION_OUTPUTS = frozenset({"o_proj", "out_proj", "dense", "wo"})  # fed by attention, in the compute dtype
-# Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.fused_lora).
+# Modules that read one and the same tensor: their adapters keep that input once (loratk.engine.kernels.fused_lora).
 SHARED_INPUTS = (frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"}),
                  frozenset({"gate_proj", "up_proj", "gate_up_proj", "w1", "w3", "c_fc", "fc1"}))
 
@@ -146,19 +146,19 @@ def model_shape(model) -> ModelShape:
 
 
 def _norms_fused(model) -> bool:
-    from loratk.engine.fused_norm import is_llama_rms_norm
+    from loratk.engine.kernels.fused_norm import is_llama_rms_norm
 
     return any(is_llama_rms_norm(type(m)) for m in model.modules())
 
 
 def _mlps_fused(model) -> bool:
-    from loratk.engine.fused_mlp import is_llama_silu_mlp
+    from loratk.engine.kernels.fused_mlp import is_llama_silu_mlp
 
     return any(is_llama_silu_mlp(m) for m in model.modules())
 
 
 def _fused_loss_applies(model) -> bool:
-    from loratk.engine.loss import head_weight_if_fusable
+    from loratk.engine.kernels.loss import head_weight_if_fusable
 
     head = model.get_output_embeddings()
     if head is not None:
@@ -278,7 +278,7 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
 
 
 def _matmul_attention(s: MemorySettings) -> bool:
-    """Whether the run's examples go to loratk's batched-matmul attention (loratk.engine.matmul_attention),
+    """Whether the run's examples go to loratk's batched-matmul attention (loratk.engine.kernels.matmul_attention),
     which keeps the scaled query, the key and the value, and not the output and log-sum-exp. Its
     scores are built in blocks of about a MiB: too little to count."""
     return s.attn_implementation == "loratk_varlen" and s.device == "cpu" and s.precision == "bf16"
@@ -286,7 +286,7 @@ def _matmul_attention(s: MemorySettings) -> bool:
 
 def _norm_bytes(shape: ModelShape, residual: int) -> int:
     """Bytes a norm keeps per input element: transformers' RMSNorm its fp32 copy, loratk's
-    (loratk.engine.fused_norm) the input itself in the residual dtype."""
+    (loratk.engine.kernels.fused_norm) the input itself in the residual dtype."""
     return residual if shape.fused_norms else 4
 
 

@@ -14,7 +14,21 @@ model's own tensors as the starting point:
 
 from __future__ import annotations
 
+import resource
+import sys
 from typing import Any, Callable
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """This process's peak resident memory, and the CUDA allocator's peaks where there is a GPU (MB)."""
+    import torch
+
+    divisor = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / divisor}
+    if torch.cuda.is_available():
+        peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        peak["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    return peak
 
 
 def measure_peak_bytes(run: Callable[[], Any]) -> int:
@@ -86,7 +100,7 @@ def measure_training_peak(train_run: Callable[[Callable[[Any], None]], Any]) -> 
     """Peak tensor bytes of a training run, counted from the moment its model is loaded.
 
     ``train_run(after_load)`` runs the training and calls ``after_load(model)`` once the model is
-    loaded (``loratk.engine.training.train`` takes it as a keyword). The peak is the model's
+    loaded (``loratk.engine.training.run.train`` takes it as a keyword). The peak is the model's
     tensors then, plus the peak of what is allocated (and not freed) after; model tensors that are
     replaced later (an upcast, say) are freed before anything else is allocated and stop counting.
     """

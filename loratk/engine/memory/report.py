@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loratk.engine.memory import (ATTENTION_IMPLEMENTATIONS, MemorySettings, estimate, largest_fitting,
+from loratk.engine.memory.estimate import (ATTENTION_IMPLEMENTATIONS, MemorySettings, estimate, largest_fitting,
                                   model_shape, quantization_storage)
 from loratk.errors import UsageError
 
@@ -12,7 +12,7 @@ from loratk.errors import UsageError
 def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "adamw",
                  attn_implementation: str = "sdpa") -> MemorySettings:
     """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``."""
-    from loratk.engine.targets import resolve_target_modules
+    from loratk.engine.models.targets import resolve_target_modules
 
     if config.fp16:
         if device != "cuda":
@@ -21,7 +21,7 @@ def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "ada
     elif device == "cuda":
         precision = "fp32" if config.bf16 is False else "bf16"
     else:
-        from loratk.engine.precision import choose_precision
+        from loratk.engine.models.precision import choose_precision
 
         precision = choose_precision(config.bf16, config.fp16)
     targets = resolve_target_modules(meta_model, config.target_module_list())
@@ -59,7 +59,7 @@ def memory_report(meta, config, *, device: str = "cuda", optimizer: str = "adamw
 
 def default_attention(model, config) -> str:
     """The attention ``loratk train`` runs: per-example attention over packed rows where that is exact."""
-    from loratk.engine.attention import use_varlen_attention
+    from loratk.engine.kernels.attention import use_varlen_attention
 
     if getattr(config, "packing", None) is not False and use_varlen_attention(model, config.max_seq_length):
         return "loratk_varlen"

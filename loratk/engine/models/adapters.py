@@ -70,7 +70,7 @@ def read_adapter_config(path: str | Path) -> dict:
 
 def base_model_of(specs: list[AdapterSpec], override: str | None = None) -> str:
     """The base model path or Hub id: ``override``, else the adapters' own (they must agree)."""
-    from loratk.engine.models import resolve_model_path
+    from loratk.engine.models.loading import resolve_model_path
 
     if override is not None or not specs:
         return resolve_model_path(override)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loratk.engine.embedded import embedded_model_dir, is_embedded
+from loratk.engine.models.embedded import embedded_model_dir, is_embedded
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
 from loratk.fileio import looks_like_local_path

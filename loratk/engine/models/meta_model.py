@@ -64,8 +64,8 @@ def recipe_model(name: str) -> tuple[str | None, dict[str, Any]] | None:
 def resolve_config(name: str | None, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The model's transformers config and a few words on where it came from."""
     quiet_libraries()
-    from loratk.engine.embedded import embedded_cache_dir, is_embedded
-    from loratk.engine.models import load_config, resolve_model_path
+    from loratk.engine.models.embedded import embedded_cache_dir, is_embedded
+    from loratk.engine.models.loading import load_config, resolve_model_path
 
     if is_embedded(name):
         cached = embedded_cache_dir()
@@ -191,7 +191,7 @@ def module_tree(model, max_depth: int | None = None) -> list[tuple[int, str, str
 
 def module_report(meta: MetaModel, requested: list[str] | str | None, rank: int, tree: bool = False) -> dict:
     """What ``loratk inspect-modules`` shows, as plain data: groups, defaults, the LoRA count."""
-    from loratk.engine.targets import resolve_target_modules
+    from loratk.engine.models.targets import resolve_target_modules
 
     model = meta.model
     groups = linear_groups(model)

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 from loratk.config.train_config import TrainConfig
-from loratk.engine.checkpoints import latest_checkpoint
-from loratk.engine.outputs import has_finished_adapter
+from loratk.engine.training.checkpoints import latest_checkpoint
+from loratk.engine.training.outputs import has_finished_adapter
 from loratk.errors import LoratkError, UsageError
 
 # Bytes written per trainable parameter by one checkpoint: fp32 weights plus AdamW's two moments.

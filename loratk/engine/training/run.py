@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import resource
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from loratk.config.recipes import RUN_FILE, dump_run_config
 from loratk.config.train_config import TrainConfig
+from loratk.engine.memory.measure import peak_memory_mb
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import Interrupted
 from loratk.fileio import append_line, atomic_write_text
@@ -31,28 +30,17 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def peak_memory_mb() -> dict[str, float]:
-    import torch
-
-    divisor = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / divisor}
-    if torch.cuda.is_available():
-        peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        peak["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
-    return peak
-
-
 def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from loratk.engine.fused_lora import fuse_lora_layers, learn_shared_inputs
-    from loratk.engine.fused_mlp import fuse_gated_mlps
-    from loratk.engine.fused_norm import fuse_rms_norms
+    from loratk.engine.kernels.fused_lora import fuse_lora_layers, learn_shared_inputs
+    from loratk.engine.kernels.fused_mlp import fuse_gated_mlps
+    from loratk.engine.kernels.fused_norm import fuse_rms_norms
 
     if quantized:
         import torch
 
-        from loratk.engine.quantized_training import keep_training_layout
+        from loratk.engine.training.quantized_training import keep_training_layout
 
         keep_training_layout(model)  # an eval forward must not repack weights into a layout without backward
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
@@ -86,7 +74,7 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool, grou
     import torch
     from transformers import TrainingArguments
 
-    from loratk.engine.distributed import ddp_backend
+    from loratk.engine.training.distributed import ddp_backend
 
     return TrainingArguments(
         use_cpu=not torch.cuda.is_available(),
@@ -145,19 +133,19 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     import torch
     from transformers.trainer_callback import PrinterCallback
 
-    from loratk.engine.attention import use_varlen_attention
-    from loratk.engine.checkpointing_policy import choose_gradient_checkpointing
-    from loratk.engine.checkpoints import MarkCompleteCheckpoints, discard_incomplete
+    from loratk.engine.kernels.attention import use_varlen_attention
+    from loratk.engine.memory.checkpointing_policy import choose_gradient_checkpointing
+    from loratk.engine.training.checkpoints import MarkCompleteCheckpoints, discard_incomplete
     from loratk.engine.data.pipeline import prepare_data
-    from loratk.engine.distributed import device_map_for_quantized, is_main_process, using_fsdp, world_size
-    from loratk.engine.interrupts import StopOnSignal
-    from loratk.engine.models import load_config, load_model, load_tokenizer, resolve_model_path
-    from loratk.engine.outputs import CURVES_FILE, plot_curves, write_final_adapter
-    from loratk.engine.precision import choose_precision
-    from loratk.engine.preflight import check_output_dir, check_writable
-    from loratk.engine.reporting import MetricsFile, RichProgress
-    from loratk.engine.targets import resolve_target_modules
-    from loratk.engine.trainer import LoratkTrainer
+    from loratk.engine.training.distributed import device_map_for_quantized, is_main_process, using_fsdp, world_size
+    from loratk.engine.training.interrupts import StopOnSignal
+    from loratk.engine.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
+    from loratk.engine.training.outputs import CURVES_FILE, plot_curves, write_final_adapter
+    from loratk.engine.models.precision import choose_precision
+    from loratk.engine.training.preflight import check_output_dir, check_writable
+    from loratk.engine.training.reporting import MetricsFile, RichProgress
+    from loratk.engine.models.targets import resolve_target_modules
+    from loratk.engine.training.trainer import LoratkTrainer
 
     main = is_main_process()
     resume_from = check_output_dir(config)

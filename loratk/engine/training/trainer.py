@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from loratk.engine.loss import fused_loss_sum, head_weight_if_fusable
+from loratk.engine.kernels.loss import fused_loss_sum, head_weight_if_fusable
 
 
 class LoratkTrainer(Trainer):

@@ -47,7 +47,7 @@ def test_the_backend_is_listed_through_its_entry_point():
 def test_the_base_model_loads_with_int8_linear_weights(model):
     import torch
 
-    from loratk.engine.models import load_model
+    from loratk.engine.models.loading import load_model
 
     loaded = load_model(str(model), quantization=BACKEND)
     attention = loaded.model.layers[0].self_attn
@@ -58,7 +58,7 @@ def test_the_base_model_loads_with_int8_linear_weights(model):
 def test_the_storage_size_is_declared_for_estimate_memory(model):
     import torch
 
-    from loratk.engine.models import load_model
+    from loratk.engine.models.loading import load_model
 
     weight = load_model(str(model), quantization=BACKEND).model.layers[0].mlp.down_proj.weight
     assert weight.qdata.element_size() * 8 == build_int8_weight_only.bits_per_weight
@@ -71,7 +71,7 @@ def logits(model_dir, adapter=None, quantized=False):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loratk.engine.models import load_model
+    from loratk.engine.models.loading import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = load_model(str(model_dir), quantization=BACKEND if quantized else None)
@@ -98,5 +98,5 @@ def test_the_adapter_loads_and_changes_the_outputs(trained, model, quantized):
 
 
 def test_estimate_memory_reads_the_storage_size():
-    memory = pytest.importorskip("loratk.engine.memory")
+    memory = pytest.importorskip("loratk.engine.memory.estimate")
     assert memory.quantization_storage(BACKEND) == (8.0, 4)

@@ -10,7 +10,7 @@ def smollm_tokenizer():
     """SmolLM2's tokenizer and chat template, loaded from the embedded model's folder (no weights)."""
     from transformers import AutoTokenizer
 
-    from loratk.engine.embedded import embedded_model_dir
+    from loratk.engine.models.embedded import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(embedded_model_dir())
 

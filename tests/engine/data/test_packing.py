@@ -97,7 +97,7 @@ def test_padding_is_a_segment_of_its_own(tiny_llama):
 def varlen_llama(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from loratk.engine.attention import use_varlen_attention
+    from loratk.engine.kernels.attention import use_varlen_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     model.config.use_cache = False

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from loratk.engine.adapters import parse_adapter_specs
+from loratk.engine.models.adapters import parse_adapter_specs
 from loratk.engine.data.tokenize import render_chat
-from loratk.engine.generation import GenerationSettings, load_session, stop_token_ids
-from tests.engine.test_adapters import make_adapter
+from loratk.engine.inference.generation import GenerationSettings, load_session, stop_token_ids
+from tests.engine.models.test_adapters import make_adapter
 
 GREEDY = GenerationSettings(max_new_tokens=12)
 

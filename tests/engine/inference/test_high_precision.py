@@ -7,8 +7,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from loratk.engine.high_precision import execution_units, float64_execution
-from loratk.engine.memory_measure import measure_peak_bytes
+from loratk.engine.inference.high_precision import execution_units, float64_execution
+from loratk.engine.memory.measure import measure_peak_bytes
 
 
 def tiny_llama(layers=2, tie=False, dtype=torch.float32, vocab=300):
@@ -66,7 +66,7 @@ def test_units_are_the_decoder_layers_and_what_owns_weights_outside_them():
 
 @pytest.mark.parametrize("layers, vocab", [(12, 300), (2, 5000)])
 def test_only_one_layer_at_a_time_takes_float64_memory(layers, vocab, monkeypatch):
-    from loratk.engine import high_precision
+    from loratk.engine.inference import high_precision
 
     monkeypatch.setattr(high_precision, "ROWS_PER_CHUNK", 256)  # scaled down with the model
     box = {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from loratk.engine.attention import segment_bounds, use_varlen_attention
+from loratk.engine.kernels.attention import segment_bounds, use_varlen_attention
 
 
 def test_segment_bounds():
@@ -75,8 +75,8 @@ def test_memory_does_not_grow_with_the_square_of_the_row(dtype):
 
 def attention_peak(length: int, dtype) -> int:
     """Peak bytes allocated by forward and backward of one example's attention."""
-    from loratk.engine.attention import varlen_attention
-    from loratk.engine.memory_measure import measure_peak_bytes
+    from loratk.engine.kernels.attention import varlen_attention
+    from loratk.engine.memory.measure import measure_peak_bytes
 
     heads, dim = 8, 16
     query = torch.randn(1, heads, length, dim, dtype=dtype, requires_grad=True)

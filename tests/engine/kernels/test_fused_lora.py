@@ -9,10 +9,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from loratk.engine import fused_lora
-from loratk.engine.fused_lora import FusedLoraForward, fuse_lora_layers, lora_delta
-from loratk.engine.lora_dropout import dropped_units
-from loratk.engine.memory_measure import kept_for_backward
+from loratk.engine.kernels import fused_lora
+from loratk.engine.kernels.fused_lora import FusedLoraForward, fuse_lora_layers, lora_delta
+from loratk.engine.kernels.lora_dropout import dropped_units
+from loratk.engine.memory.measure import kept_for_backward
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -11,8 +11,8 @@ from transformers.models.gemma.modeling_gemma import GemmaMLP
 from transformers.models.llama.modeling_llama import LlamaMLP
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
 
-from loratk.engine.fused_mlp import FusedGatedMLP, fuse_gated_mlps, is_llama_silu_mlp
-from loratk.engine.memory_measure import kept_for_backward
+from loratk.engine.kernels.fused_mlp import FusedGatedMLP, fuse_gated_mlps, is_llama_silu_mlp
+from loratk.engine.memory.measure import kept_for_backward
 
 HIDDEN, INTER = 16, 40
 
@@ -72,8 +72,8 @@ def test_only_llama_style_silu_mlps_are_fused():
 
 
 def test_the_estimate_counts_two_intermediate_tensors():
-    from loratk.engine.memory import MemorySettings, estimate, model_shape
-    from loratk.engine.meta_model import build_meta_model
+    from loratk.engine.memory.estimate import MemorySettings, estimate, model_shape
+    from loratk.engine.models.meta_model import build_meta_model
 
     shape = model_shape(build_meta_model("meta-llama/Llama-2-7b-hf").model)
     assert shape.fused_mlp
@@ -89,9 +89,9 @@ def test_the_estimate_counts_two_intermediate_tensors():
 def test_attach_lora_fuses_a_model_s_mlps_and_keeps_its_gradients(tiny_model, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    import loratk.engine.fused_mlp
+    import loratk.engine.kernels.fused_mlp
     from loratk.config.train_config import TrainConfig
-    from loratk.engine.training import attach_lora
+    from loratk.engine.training.run import attach_lora
 
     def run():
         torch.manual_seed(0)
@@ -105,7 +105,7 @@ def test_attach_lora_fuses_a_model_s_mlps_and_keeps_its_gradients(tiny_model, mo
         return fused_count, out.logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
     fused_count, fused_logits, fused = run()
-    monkeypatch.setattr(loratk.engine.fused_mlp, "fuse_gated_mlps", lambda model: 0)
+    monkeypatch.setattr(loratk.engine.kernels.fused_mlp, "fuse_gated_mlps", lambda model: 0)
     count, logits, plain = run()
     assert count == 0 and fused_count == AutoConfig.from_pretrained(tiny_model).num_hidden_layers
     assert torch.equal(fused_logits, logits)

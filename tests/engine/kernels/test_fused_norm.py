@@ -9,8 +9,8 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.olmo2.modeling_olmo2 import Olmo2RMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-from loratk.engine.fused_norm import FusedRMSNorm, fuse_rms_norms, is_llama_rms_norm
-from loratk.engine.memory_measure import kept_for_backward
+from loratk.engine.kernels.fused_norm import FusedRMSNorm, fuse_rms_norms, is_llama_rms_norm
+from loratk.engine.memory.measure import kept_for_backward
 
 
 def norm_pair(dtype, weight_dtype=None):

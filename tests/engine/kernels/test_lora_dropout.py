@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loratk.engine.lora_dropout import dropped_units, zeroed
+from loratk.engine.kernels.lora_dropout import dropped_units, zeroed
 
 
 def test_the_units_repeat_for_a_seed_and_are_sorted_and_in_range():

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from loratk.engine.loss import SOFTMAX_ROWS, LinearCrossEntropy, fused_loss_sum, head_weight_if_fusable
+from loratk.engine.kernels.loss import SOFTMAX_ROWS, LinearCrossEntropy, fused_loss_sum, head_weight_if_fusable
 
 
 def lora_model(path, targets):
@@ -72,7 +72,7 @@ def test_shift_labels_from_a_collator_are_used_as_given(tiny_model):
 
 
 def test_the_head_never_runs_and_only_trained_positions_reach_the_loss(tiny_model, monkeypatch):
-    from loratk.engine import loss as loss_module
+    from loratk.engine.kernels import loss as loss_module
 
     model = lora_model(tiny_model, ["q_proj"])
     head = model.get_base_model().get_output_embeddings()
@@ -102,7 +102,7 @@ def test_chunked_kernel_matches_dense_cross_entropy():
 
 
 def test_the_kernel_keeps_one_fp32_chunk_of_logits_alive():
-    from loratk.engine.memory_measure import measure_peak_bytes
+    from loratk.engine.memory.measure import measure_peak_bytes
 
     generator = torch.Generator().manual_seed(0)
     rows, vocab, width, chunk = 512, 20000, 16, 128
@@ -143,7 +143,7 @@ def test_a_half_precision_head_s_softmax_runs_in_row_blocks_with_the_whole_chunk
 
 
 def test_a_half_precision_head_keeps_a_half_chunk_and_a_few_fp32_rows_alive():
-    from loratk.engine.memory_measure import measure_peak_bytes
+    from loratk.engine.memory.measure import measure_peak_bytes
 
     generator = torch.Generator().manual_seed(0)
     rows, vocab, width, chunk = 512, 20000, 16, 128

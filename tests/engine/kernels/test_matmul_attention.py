@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loratk.engine import matmul_attention
-from loratk.engine.memory_measure import kept_for_backward
-from loratk.engine.matmul_attention import applies, blocks, causal_attention
+from loratk.engine.kernels import matmul_attention
+from loratk.engine.memory.measure import kept_for_backward
+from loratk.engine.kernels.matmul_attention import applies, blocks, causal_attention
 
 
 def inputs(heads, kv_heads, length, dtype=torch.float32, dim=16, sharpness=2.0, seed=0):

@@ -9,7 +9,7 @@ import pytest
 
 PROBE = """
 import sys
-from loratk.engine.allocator import return_large_frees_to_os
+from loratk.engine.memory.allocator import return_large_frees_to_os
 applied = return_large_frees_to_os() if sys.argv[1] == "fixed" else False
 
 def resident_mb():

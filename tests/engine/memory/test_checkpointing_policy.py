@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from loratk.config.train_config import TrainConfig
-from loratk.engine.checkpointing_policy import choose_gradient_checkpointing
+from loratk.engine.memory.checkpointing_policy import choose_gradient_checkpointing
 
 
 @pytest.fixture(scope="module")

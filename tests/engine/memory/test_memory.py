@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from loratk.engine.memory import (LOSS_CHUNK_ROWS, LOSS_SOFTMAX_ROWS, MemorySettings, estimate, largest_fitting,
+from loratk.engine.memory.estimate import (LOSS_CHUNK_ROWS, LOSS_SOFTMAX_ROWS, MemorySettings, estimate, largest_fitting,
                                   model_shape, quantization_storage)
-from loratk.engine.memory_measure import measure_training_peak
-from loratk.engine.meta_model import build_meta_model
+from loratk.engine.memory.measure import measure_training_peak
+from loratk.engine.models.meta_model import build_meta_model
 from loratk.testing import registered_plugin
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -61,7 +61,7 @@ def test_terms_move_the_way_the_options_do(llama7b):
 def test_llama_style_norms_keep_their_input_in_the_residual_dtype(llama7b):
     from transformers import AutoConfig
 
-    from loratk.engine.meta_model import meta_model_from_config
+    from loratk.engine.models.meta_model import meta_model_from_config
 
     assert llama7b.fused_norms
     base = MemorySettings(batch_size=4, seq_len=1024, targets=LLAMA_TARGETS)
@@ -87,7 +87,7 @@ def test_bfloat16_examples_on_cpu_keep_no_attention_output(llama7b):
 
 
 def test_the_loss_is_chunked_like_loratks_fused_loss(llama7b):
-    from loratk.engine.loss import DEFAULT_CHUNK, SOFTMAX_ROWS
+    from loratk.engine.kernels.loss import DEFAULT_CHUNK, SOFTMAX_ROWS
 
     assert (LOSS_CHUNK_ROWS, LOSS_SOFTMAX_ROWS) == (DEFAULT_CHUNK, SOFTMAX_ROWS)
     assert llama7b.fused_loss
@@ -147,8 +147,8 @@ def test_estimate_matches_a_measured_training_run(tmp_path):
     from rich.console import Console
 
     from loratk.config.train_config import TrainConfig
-    from loratk.engine.memory_report import default_attention, settings_for
-    from loratk.engine.training import train
+    from loratk.engine.memory.report import default_attention, settings_for
+    from loratk.engine.training.run import train
     from loratk.testing import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", "llama", hidden_size=128, intermediate_size=344,

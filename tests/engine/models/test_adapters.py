@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from loratk.engine.adapters import (AdapterSpec, active_adapter, base_model_of, parse_adapter_specs,
+from loratk.engine.models.adapters import (AdapterSpec, active_adapter, base_model_of, parse_adapter_specs,
                                     trained_quantization)
-from loratk.engine.generation import load_session
+from loratk.engine.inference.generation import load_session
 from loratk.errors import ModelError, UsageError
 
 TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj"]

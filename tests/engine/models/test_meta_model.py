@@ -7,7 +7,7 @@ import resource
 import pytest
 
 from loratk.config.known_models import KNOWN_MODELS, canonical_id, known_model_config, known_model_ids
-from loratk.engine.meta_model import (build_meta_model, linear_groups, lora_parameter_count, module_report,
+from loratk.engine.models.meta_model import (build_meta_model, linear_groups, lora_parameter_count, module_report,
                                       parameter_count)
 from loratk.errors import ModelError, UsageError
 

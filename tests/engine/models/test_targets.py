@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoModelForCausalLM
 
-from loratk.engine.targets import linear_modules, resolve_target_modules
+from loratk.engine.models.targets import linear_modules, resolve_target_modules
 from loratk.errors import UsageError
 from loratk.testing import registered_plugin
 from loratk.plugins.hookspecs import hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loratk.engine.quantized_training import keep_training_layout
+from loratk.engine.training.quantized_training import keep_training_layout
 
 pytest.importorskip("bitsandbytes")
 

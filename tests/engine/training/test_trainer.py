@@ -2,7 +2,7 @@
 
 import torch
 
-from loratk.engine.trainer import _tail_padding
+from loratk.engine.training.trainer import _tail_padding
 
 
 def test_tail_padding_of_packed_rows():
