@@ -24,12 +24,17 @@ def summary_settings(summary, config, device: str = "cuda", optimizer: str = "ad
     from loratk.engine.models.targets import choose_target_modules
 
     modules = summary.modules
-    return _settings(config, lambda requested: choose_target_modules(modules.model_type, modules.linear_names(),
-                                                                     requested),
-                     device, optimizer, attn_implementation)
+
+    def resolve_targets(requested):
+        return choose_target_modules(modules.model_type, modules.linear_names(), requested)
+
+    return _settings(config, resolve_targets, device, optimizer, attn_implementation)
 
 
-def _settings(config, resolve_targets: Callable, device: str, optimizer: str, attn_implementation: str) -> MemorySettings:
+def _settings(config, resolve_targets: Callable, device: str, optimizer: str,
+              attn_implementation: str) -> MemorySettings:
+    """The settings; ``resolve_targets`` turns the requested target modules into the model's
+    (after the precision is checked, so errors come in the order they always did)."""
     if config.fp16:
         if device != "cuda":
             raise UsageError("--fp16 needs a CUDA GPU", "use --bf16 or leave both out with --device cpu")
