@@ -83,7 +83,7 @@ def test_registry_and_cached_models_answer_without_torch(args, tiny_model, tmp_p
                             capture_output=True, text=True, timeout=60)
     wall = time.perf_counter() - start
     assert result.stdout.strip() and "Error" not in result.stderr
-    probe = json.loads(result.stderr.strip().splitlines()[-1])
+    probe = json.loads(next(line for line in reversed(result.stderr.splitlines()) if line.startswith('{"heavy"')))
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
     assert probe["heavy"] == [] and not imported & set(HEAVY), f"loratk {' '.join(args)} imported {probe['heavy']}"
