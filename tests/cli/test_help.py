@@ -74,6 +74,10 @@ FAST_COMMANDS = [
 def test_registry_and_cached_models_answer_without_torch(args, tiny_model, tmp_path, monkeypatch):
     """A fresh interpreter answers from the shipped or cached shape summary: nothing heavy imported
     (checked in -X importtime's list too), a fraction of a second of CPU (building takes ~5 s)."""
+    from loratk.engine.memory import shape_store
+
+    if "MODEL" not in args and shape_store.shipped_table()["transformers"] != shape_store.transformers_version():
+        pytest.skip("the shipped shape table was made with another transformers (registry models are built here)")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     args = [str(tiny_model) if arg == "MODEL" else arg for arg in args]
     if str(tiny_model) in args:
