@@ -122,6 +122,17 @@ class LoratkPlugins:
                 self.register(plugin, name=ep.name, version=version)
             except Exception as exc:  # a broken plugin must not take the CLI down
                 self._mark_broken(ep.name, version, f"{type(exc).__name__}: {exc}")
+        self._warn_unknown_disabled(disabled - {"all"})
+
+    def _warn_unknown_disabled(self, names: set[str]) -> None:
+        from loratk.config.suggest import did_you_mean
+
+        installed = sorted(name for name, info in self.info.items() if not info.builtin)
+        for name in sorted(names - set(installed)):
+            builtin = " (built-in plugins always load)" if any(name in (i, i.rsplit(".", 1)[-1])
+                                                              for i in self.info if self.info[i].builtin) else ""
+            print(f"loratk: warning: {DISABLE_ENV} names {name!r}, which is no installed plugin{builtin}"
+                  f"{did_you_mean(name, installed)}; installed: {', '.join(installed) or 'none'}", file=sys.stderr)
 
     # -- collected registrations ---------------------------------------------------------
     def _collect(self) -> None:

@@ -18,6 +18,8 @@ from loratk.errors import ModelError, UsageError
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAIN_SUMMARY = "loratk_summary.json"
+UNSAFE_ADAPTER_HINT = ("use a copy of the adapter saved as adapter_model.safetensors (what peft and loratk write), "
+                       "from a source you trust")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -101,13 +103,17 @@ def load_adapters(model, specs: list[AdapterSpec], base_name: str):
     """Wrap ``model`` in a PeftModel holding every adapter under its name; the first is active."""
     from peft import PeftModel
 
+    from loratk.engine.models.weight_files import check_adapter_weights, refusing_unsafe_pickles
+
     peft_model = None
     for spec in specs:
+        check_adapter_weights(spec.path)
         try:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(spec.path), adapter_name=spec.name)
-            else:
-                peft_model.load_adapter(str(spec.path), adapter_name=spec.name)
+            with refusing_unsafe_pickles(spec.path, UNSAFE_ADAPTER_HINT, ModelError):
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(model, str(spec.path), adapter_name=spec.name)
+                else:
+                    peft_model.load_adapter(str(spec.path), adapter_name=spec.name)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ModelError(f"adapter {spec.name} ({spec.path}) does not fit base model {base_name}: "
                              f"{_first_problem(exc)}",
