@@ -17,6 +17,7 @@ POSITIVE_SIZES = ("hidden_size", "num_attention_heads", "num_hidden_layers", "nu
                   "n_positions")
 DAMAGED_CONFIG = "the model folder is damaged: fix config.json or copy/download the model again"
 REMOTE_CODE_HINT = "rerun with --trust_remote_code if you trust its authors"
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
 
@@ -40,18 +41,23 @@ def resolve_model_path(name_or_path: str | None) -> str:
     return name_or_path
 
 
+def read_json_file(file: Path, hint: str) -> Any:
+    """A JSON file of a model folder; a damaged one is a ModelError naming it and where it breaks."""
+    try:
+        return json.loads(read_text(file))
+    except DataError as exc:
+        raise ModelError(exc.message, hint) from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{file} is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno}, "
+                         f"column {exc.colno}", hint) from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read {file}: {exc.strerror or exc}", "check the file's permissions") from exc
+
+
 def check_config_file(file: Path) -> dict:
     """A model's config.json, parsed and checked for sizes no model can have, before transformers
     reads it (it reports a broken file as a missing model, and a zero size as ZeroDivisionError)."""
-    try:
-        config = json.loads(read_text(file))
-    except DataError as exc:
-        raise ModelError(exc.message, DAMAGED_CONFIG) from exc
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{file} is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno}, "
-                         f"column {exc.colno}", DAMAGED_CONFIG) from exc
-    except OSError as exc:
-        raise ModelError(f"cannot read {file}: {exc.strerror or exc}", "check the file's permissions") from exc
+    config = read_json_file(file, DAMAGED_CONFIG)
     if not isinstance(config, dict):
         raise ModelError(f"{file} holds a JSON {type(config).__name__}, not an object of settings", DAMAGED_CONFIG)
     for name in POSITIVE_SIZES:
@@ -93,6 +99,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     quiet_libraries()
     from transformers import AutoTokenizer
 
+    for name in TOKENIZER_JSON_FILES:
+        if (Path(path) / name).is_file():
+            read_json_file(Path(path) / name, f"the tokenizer files are damaged: fix {name} or copy/download the "
+                                              "model (or adapter) folder again")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -135,6 +145,12 @@ def load_model(path: str, *, quantization: str | None = None, dtype: str = "floa
     quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM
+
+    from loratk.engine.models.weight_files import check_safetensors
+
+    if Path(path).is_dir():  # a cut-short shard: transformers' error would name no file
+        for shard in sorted(Path(path).glob("*.safetensors")):
+            check_safetensors(shard, "the model's weights are truncated or corrupted: copy or download the model again")
 
     torch_dtype = getattr(torch, DTYPES.get(dtype, dtype))
     options = {"compute_dtype": torch_dtype}
