@@ -51,6 +51,17 @@ def current_umask() -> int:
     return mask
 
 
+def apply_umask(folder: Path) -> None:
+    """Give ``folder`` and what is in it the permissions the umask gives new files and folders:
+    writers that go through a temporary file (tempfile, safetensors) leave them private (0600/0700)."""
+    mask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or path.stat().st_mode & 0o100
+        path.chmod((0o777 if executable else 0o666) & ~mask)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +100,8 @@ def atomic_directory(target: str | os.PathLike, replace: bool = False) -> Iterat
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        tmp.chmod(0o777 & ~current_umask())
         yield tmp
+        apply_umask(tmp)
         if not target.exists():
             os.replace(tmp, target)
             return

@@ -18,6 +18,7 @@ from loratk.errors import LoratkError, ModelError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+NOT_LOADED = ("training_args.bin",)  # a checkpoint's record of its arguments: resuming never unpickles it
 
 
 def check_safetensors(file: Path, hint: str) -> None:
@@ -55,12 +56,23 @@ def unsafe_pickle_in(folder: Path) -> tuple[Path, str | None] | None:
     import torch
 
     for file in sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()):
+        if file.name in NOT_LOADED:
+            continue
         try:
-            torch.load(file, map_location="cpu", weights_only=True)
+            with numpy_allowed():  # as transformers loads rng_state.pth: its numpy arrays are data
+                torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:
             if is_unsafe_pickle(exc):
                 return file, refused_global(exc)
     return None
+
+
+def numpy_allowed():
+    try:
+        from transformers.trainer_pt_utils import safe_globals
+    except ImportError:
+        return contextlib.nullcontext()
+    return safe_globals()
 
 
 def unsafe_pickle_error(folder: Path, exc: BaseException, hint: str, error=LoratkError) -> LoratkError:
