@@ -22,6 +22,12 @@ from tests.engine.models.test_adapters import make_adapter
 ROWS = [{"text": f"example number {i} about the sea"} for i in range(8)]
 
 
+@pytest.fixture(autouse=True)
+def own_data_cache(tmp_path_factory, monkeypatch):
+    """A cache of tokenized data per test: a hit from an earlier run must not hide how a file reads."""
+    monkeypatch.setenv("LORATK_DATA_CACHE", str(tmp_path_factory.mktemp("data-cache")))
+
+
 def snapshot(*roots: Path) -> dict[str, bytes]:
     """Every file under ``roots`` (links as their target's name) and its bytes."""
     found: dict[str, bytes] = {}
