@@ -45,6 +45,16 @@ def broken_link(path: str | os.PathLike) -> str | None:
     return None
 
 
+def blocked_parent(path: str | os.PathLike) -> Path | None:
+    """The file that stands where a folder above ``path`` would have to be, if any."""
+    for parent in Path(os.path.abspath(Path(path).expanduser())).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+        if parent.is_symlink():
+            return parent
+    return None
+
+
 def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

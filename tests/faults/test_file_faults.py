@@ -254,6 +254,66 @@ def test_truncated_adapter_weights_name_the_file_and_the_fix(command, damage, ad
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("damage, fragments", [
+    ({"list": True}, ["adapter_config.json", "holds a JSON list"]),
+    ({"r": 0}, ["adapter_config.json", "r: 0", "above 0"]),
+    ({"peft_type": "LORAA"}, ["adapter_config.json", "peft_type 'LORAA'", "did you mean 'LORA'"]),
+    ({"weights": None}, ["has no weights", "adapter_model.safetensors is missing"]),
+])
+@pytest.mark.parametrize("command", ["generate", "merge"])
+def test_impossible_adapter_folders_are_named_not_called_a_misfit(command, damage, fragments, adapter, tmp_path):
+    folder = Path(shutil.copytree(adapter, tmp_path / "adapter"))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if "list" in damage:
+        config = [config]
+    elif "weights" in damage:
+        (folder / "adapter_model.safetensors").unlink()
+    else:
+        config.update(damage)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    before = snapshot(tmp_path)
+    line = one_error_line(run_cli(adapter_commands(folder, tmp_path)[command]), 1, *fragments)
+    assert "does not fit base model" not in line
+    assert snapshot(tmp_path) == before
+
+
+def test_a_damaged_saved_dataset_is_named(tiny_model, tmp_path):
+    from datasets import Dataset
+
+    folder = tmp_path / "saved"
+    Dataset.from_list(ROWS).save_to_disk(str(folder))
+    cut_in_half(folder / "state.json")
+    before = snapshot(tmp_path)
+    result = run_cli(["train", str(folder), "--model", str(tiny_model), "--output_dir", str(tmp_path / "out")])
+    one_error_line(result, 1, str(folder), "save it again")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_prompts_file_in_another_encoding_is_named(adapter, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("Où est la café?\n".encode("cp1252"))
+    result = run_cli(["generate", "--adapter", str(adapter), "--prompts-file", str(prompts)])
+    one_error_line(result, 1, str(prompts), "not UTF-8", "iconv")
+
+
+@pytest.mark.parametrize("command", [["merge", "--adapter", "{adapter}", "--output_dir", "{tmp}/a-file/merged"],
+                                     ["generate", "--adapter", "{adapter}", "--prompt", "hi", "--output",
+                                      "{tmp}/a-file/out.jsonl"]])
+def test_an_output_below_a_file_is_refused_before_any_work(command, adapter, tmp_path):
+    (tmp_path / "a-file").write_text("mine")
+    before = snapshot(tmp_path)
+    result = run_cli([a.format(adapter=adapter, tmp=tmp_path) for a in command])
+    one_error_line(result, 2, f"{tmp_path / 'a-file'} is a file, not a folder")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("size", ["abc", "4GiB", "0MB"])
+def test_a_shard_size_that_is_no_size_is_refused_before_merging(size, adapter, tmp_path):
+    result = run_cli(["merge", "--adapter", str(adapter), "--output_dir", str(tmp_path / "m"), "--max_shard_size", size])
+    one_error_line(result, 2, f"--max_shard_size {size!r} is not a size")
+    assert list(tmp_path.iterdir()) == []
+
+
 def code_carrying_pickle(path: Path, tensors: dict) -> None:
     import torch
 

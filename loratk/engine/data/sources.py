@@ -51,7 +51,11 @@ def load_source(source: str, options: Mapping[str, Any], forced: str | None = No
     """One source as a ``datasets.Dataset``, read by the dataset format it calls for."""
     from loratk.plugins import get_plugins
 
-    data = get_plugins().dataset_formats[choose_format(source, forced)].load(source, options)
+    try:
+        data = get_plugins().dataset_formats[choose_format(source, forced)].load(source, options)
+    except OSError as exc:  # unreadable: permissions, a folder where a file should be, a disk error
+        raise DataError(f"cannot read {exc.filename or source}: {exc.strerror or exc}",
+                        "check that the file exists and that you may read it") from exc
     if len(data) == 0:
         raise DataError(f"dataset {source} is empty", "add at least one example")
     return data

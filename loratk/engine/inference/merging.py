@@ -11,6 +11,7 @@ the difference measures the merge, not how float32 rounds two different orders o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from loratk.engine.models.adapters import AdapterSpec, base_model_of, load_adapt
 from loratk.engine.inference.generation import stop_token_ids, tokenizer_source
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
-from loratk.fileio import atomic_directory
+from loratk.fileio import atomic_directory, blocked_parent
 
 COMBINATIONS = ("linear", "cat", "ties", "dare_ties", "svd")
 COMBINED = "combined"
@@ -65,6 +66,16 @@ def check_output_dir(output_dir: Path, inputs: dict[str, Path], overwrite: bool)
                              "choose a new folder outside the adapters and the base model, e.g. --output_dir merged")
     if output_dir.exists() and not overwrite:
         raise UsageError(f"output folder {output_dir} already exists", "pass --overwrite to replace it, or choose another --output_dir")
+    if blocked_parent(output_dir):
+        raise UsageError(f"--output_dir {output_dir} cannot be created: {blocked_parent(output_dir)} is a file, not a folder",
+                         "choose another --output_dir")
+
+
+def check_shard_size(text: str) -> None:
+    """The shard sizes ``save_pretrained`` understands (huggingface_hub's units), checked before the merge."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", text, re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"--max_shard_size {text!r} is not a size", "write a number and a unit (KB, MB, GB or TB), e.g. 2GB")
 
 
 def check_request(specs: list[AdapterSpec], weights: list[float] | None, combination: str | None,
@@ -191,6 +202,7 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
     if Path(base_path).exists():
         inputs["the base model"] = Path(base_path)
     check_output_dir(output_dir, inputs, overwrite)
+    check_shard_size(max_shard_size)
     result = MergeResult(output_dir, base_path, [s.name for s in specs], combination, weights, dtype,
                          adapter_only, None, None)
     for spec in specs:
@@ -213,24 +225,28 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
     if combination is not None:
         log(f"combining {', '.join(result.adapters)} with {combination}, weights {weights}")
         combine(model, specs, combination, weights)
-    with atomic_directory(output_dir, replace=overwrite) as tmp:
-        if adapter_only:
-            save_adapter_only(model, tokenizer, base_path, tmp)
-        else:
-            reference = verification_logits(model, tokenizer) if verify else None
-            model = merge_in_place(model)
-            if reference is not None:
-                diff = float((verification_logits(model, tokenizer) - reference).abs().max())
-                result.max_logit_diff, result.tolerance = diff, tolerance_for(dtype, reference)
-                log(f"verification: largest logit difference {diff:.2e} (tolerance {result.tolerance:.1e})")
-                if not diff < result.tolerance:
-                    raise ModelError(f"the merged model differs from the adapter model by {diff:.3g} in the logits "
-                                     f"(tolerance {result.tolerance:.1g}); nothing was written",
-                                     "rerun with --dtype fp32, or report this with --debug output")
-            save_merged(model, tokenizer, tmp, max_shard_size)
-        (tmp / MERGE_INFO).write_text(json.dumps(
-            {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items() if k != "peak_memory"},
-            indent=2), encoding="utf-8")
+    try:
+        with atomic_directory(output_dir, replace=overwrite) as tmp:
+            if adapter_only:
+                save_adapter_only(model, tokenizer, base_path, tmp)
+            else:
+                reference = verification_logits(model, tokenizer) if verify else None
+                model = merge_in_place(model)
+                if reference is not None:
+                    diff = float((verification_logits(model, tokenizer) - reference).abs().max())
+                    result.max_logit_diff, result.tolerance = diff, tolerance_for(dtype, reference)
+                    log(f"verification: largest logit difference {diff:.2e} (tolerance {result.tolerance:.1e})")
+                    if not diff < result.tolerance:
+                        raise ModelError(f"the merged model differs from the adapter model by {diff:.3g} in the logits "
+                                         f"(tolerance {result.tolerance:.1g}); nothing was written",
+                                         "rerun with --dtype fp32, or report this with --debug output")
+                save_merged(model, tokenizer, tmp, max_shard_size)
+            (tmp / MERGE_INFO).write_text(json.dumps(
+                {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items() if k != "peak_memory"},
+                indent=2), encoding="utf-8")
+    except OSError as exc:  # a full disk or a folder that cannot be written
+        raise ModelError(f"cannot write {output_dir}: {exc.strerror or exc}; nothing was written",
+                         "free some space, or choose another --output_dir") from exc
     del model
     from loratk.engine.memory.measure import peak_memory_mb
 

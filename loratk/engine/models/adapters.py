@@ -64,10 +64,33 @@ def parse_adapter_specs(values: list[str] | tuple[str, ...]) -> list[AdapterSpec
 
 
 def read_adapter_config(path: str | Path) -> dict:
+    file = Path(path) / ADAPTER_CONFIG
+    hint = "the adapter folder is damaged; retrain or re-download it"
     try:
-        return json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        config = json.loads(file.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {Path(path) / ADAPTER_CONFIG}: {exc}", "the adapter folder is damaged; retrain or re-download it") from exc
+        raise ModelError(f"cannot read {file}: {exc}", hint) from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"{file} holds a JSON {type(config).__name__}, not an object of settings", hint)
+    return config
+
+
+def check_adapter_config(path: Path) -> None:
+    """Settings no adapter can have, named before peft reports them as a misfit with the base."""
+    from peft import PeftType
+
+    config, file = read_adapter_config(path), path / ADAPTER_CONFIG
+    hint = "the adapter folder is damaged; retrain or re-download it"
+    kinds = [kind.value for kind in PeftType]
+    if config.get("peft_type") not in kinds:
+        from loratk.config.suggest import did_you_mean
+
+        raise ModelError(f"{file} gives peft_type {config.get('peft_type')!r}, which peft does not know"
+                         f"{did_you_mean(str(config.get('peft_type')), kinds)}", hint)
+    rank = config.get("r")
+    if config["peft_type"] == "LORA" and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
+        raise ModelError(f"{file} gives r: {json.dumps(rank)}, which no LoRA adapter can have "
+                         "(it must be a whole number above 0)", hint)
 
 
 def base_model_of(specs: list[AdapterSpec], override: str | None = None) -> str:
@@ -107,6 +130,7 @@ def load_adapters(model, specs: list[AdapterSpec], base_name: str):
 
     peft_model = None
     for spec in specs:
+        check_adapter_config(spec.path)
         check_adapter_weights(spec.path)
         try:
             with refusing_unsafe_pickles(spec.path, UNSAFE_ADAPTER_HINT, ModelError):

@@ -34,6 +34,9 @@ def check_safetensors(file: Path, hint: str) -> None:
 
 def check_adapter_weights(folder: Path) -> None:
     file = folder / ADAPTER_WEIGHTS
+    if not file.is_file() and not (folder / "adapter_model.bin").is_file():
+        raise ModelError(f"adapter folder {folder} has no weights ({ADAPTER_WEIGHTS} is missing)",
+                         "copy the whole adapter folder again, or retrain it")
     if file.is_file():
         check_safetensors(file, "the file is truncated or corrupted: copy the adapter folder again from where it was "
                                 "trained (or use an OUTPUT_DIR/checkpoint-* of the same run), or retrain it")

@@ -121,7 +121,11 @@ def load_parquet(source: str, options: Mapping[str, Any]):
 def load_disk(source: str, options: Mapping[str, Any]):
     from datasets import DatasetDict, load_from_disk
 
-    data = load_from_disk(source)
+    try:
+        data = load_from_disk(source)
+    except Exception as exc:  # a damaged state.json, dataset_info.json or arrow file
+        raise DataError(f"cannot read the saved dataset {source}: {type(exc).__name__}: {exc}",
+                        "the folder is damaged: save it again with Dataset.save_to_disk") from exc
     if isinstance(data, DatasetDict):
         split = options.get("dataset_split") or "train"
         if split not in data:
