@@ -42,6 +42,11 @@ def choose_target_modules(model_type: str | None, available: Collection[str],
                 return present
         return sorted(available)
     missing = [name for name in requested if name not in available]
+    head_name = output_head_name(model)
+    if head_name in missing:
+        raise UsageError(f"target module {head_name!r} is the output head{tied_note(model)}; loratk adapts the "
+                         "Linear modules inside the transformer blocks, not the head",
+                         f"leave {head_name} out of --target_modules; its Linear modules are: {', '.join(sorted(available))}")
     if missing:
         raise UsageError(
             f"target module{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
@@ -50,3 +55,16 @@ def choose_target_modules(model_type: str | None, available: Collection[str],
             "pass names from that list to --target_modules, 'all-linear', or leave it out for the defaults",
         )
     return list(requested)
+
+
+def output_head_name(model) -> str | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return next((name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head), None)
+
+
+def tied_note(model) -> str:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head is not None and embeddings is not None and head.weight is embeddings.weight:
+        return ", a Linear that shares (is tied to) the input embedding's weight"
+    return ", a Linear outside the transformer blocks"

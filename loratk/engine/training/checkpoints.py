@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from loratk.fileio import atomic_write_text
+from loratk.fileio import apply_umask, atomic_write_text
 
 COMPLETE_MARKER = "loratk_checkpoint_complete.json"
 _NAME = re.compile(r"checkpoint-(\d+)")
@@ -53,4 +53,5 @@ class MarkCompleteCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
+                apply_umask(folder)  # safetensors writes its weights 0600 whatever the umask
                 atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import Trainer
 
 from loratk.engine.kernels.loss import fused_loss_sum, head_weight_if_fusable
+from loratk.engine.models.weight_files import refusing_unsafe_pickles
+
+UNSAFE_CHECKPOINT_HINT = ("resume only from checkpoints this run wrote: move that checkpoint folder away to resume "
+                          "from the one before it, or start again without --resume")
 
 
 class LoratkTrainer(Trainer):
@@ -15,6 +21,12 @@ class LoratkTrainer(Trainer):
         if self.head_weight is not None:
             # compute_loss below normalises by the tokens of the whole accumulated batch.
             self.loss_is_scaled_for_ga = True
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint is None:
+            return super().train(**kwargs)
+        with refusing_unsafe_pickles(Path(resume_from_checkpoint), UNSAFE_CHECKPOINT_HINT):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _track_num_input_tokens(self, inputs):
         """Count real tokens: packed rows carry no attention mask, and their padding (which
