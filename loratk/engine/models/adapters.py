@@ -101,8 +101,11 @@ def load_adapters(model, specs: list[AdapterSpec], base_name: str):
     """Wrap ``model`` in a PeftModel holding every adapter under its name; the first is active."""
     from peft import PeftModel
 
+    from loratk.engine.models.new_tokens import grow_for_adapter
+
     peft_model = None
     for spec in specs:
+        grow_for_adapter(model, spec.path)  # an adapter trained with new tokens has rows for them
         try:
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(model, str(spec.path), adapter_name=spec.name)
