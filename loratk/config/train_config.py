@@ -221,6 +221,9 @@ class TrainConfig:
             return "all-linear"
         return [name.strip() for name in self.target_modules.split(",") if name.strip()]
 
+    def modules_to_save_list(self) -> list[str]:
+        return [name.strip() for name in (self.modules_to_save or "").split(",") if name.strip()]
+
     def recorded(self) -> dict[str, Any]:
         """The values that define the run (what ``loratk_run.yaml`` holds)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("recorded", True)}

@@ -59,7 +59,7 @@ def lora_config(config: TrainConfig, targets, token_indices: dict[str, list[int]
 
     # loftq is fitted to the 4-bit base after attaching (fit_loftq), from peft's default start
     init: Any = True if config.init_lora_weights in (None, "loftq") else config.init_lora_weights
-    modules_to_save = [m.strip() for m in (config.modules_to_save or "").split(",") if m.strip()] or None
+    modules_to_save = config.modules_to_save_list() or None
     return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=config.use_dora,
                       use_rslora=config.use_rslora, init_lora_weights=init, modules_to_save=modules_to_save,

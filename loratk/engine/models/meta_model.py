@@ -189,9 +189,14 @@ def module_tree(model, max_depth: int | None = None) -> list[tuple[int, str, str
     return rows
 
 
-def module_report(meta: MetaModel, requested: list[str] | str | None, rank: int, tree: bool = False) -> dict:
-    """What ``loratk inspect-modules`` shows, as plain data: groups, defaults, the LoRA count."""
+def module_report(meta: MetaModel, requested: list[str] | str | None, rank: int, tree: bool = False,
+                  **variants: Any) -> dict:
+    """What ``loratk inspect-modules`` shows, as plain data: groups, defaults, the LoRA count.
+
+    ``variants``: ``use_dora``, ``rank_pattern``, ``modules_to_save``, ``new_tokens`` (a count), as
+    ``loratk.engine.models.variant_counts.variant_counts`` takes them."""
     from loratk.engine.models.targets import resolve_target_modules
+    from loratk.engine.models.variant_counts import variant_counts
 
     model = meta.model
     groups = linear_groups(model)
@@ -199,7 +204,11 @@ def module_report(meta: MetaModel, requested: list[str] | str | None, rank: int,
     targets = resolve_target_modules(model, requested)
     chosen = set(targeted_names(groups, targets))
     total = parameter_count(model)
-    trainable = lora_parameter_count(groups, targets, rank)
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    counts = variant_counts(groups, targets, rank, hidden=embeddings.weight.shape[1],
+                            vocab=embeddings.weight.shape[0],
+                            head_tied=head is None or head.weight is embeddings.weight, **variants)
+    trainable = counts.trainable
     report = {
         "model": meta.name, "source": meta.source, "model_type": model.config.model_type,
         "total_parameters": total,
@@ -208,7 +217,9 @@ def module_report(meta: MetaModel, requested: list[str] | str | None, rank: int,
                            for g in groups],
         "auto_targets": auto if isinstance(auto, str) else list(auto),
         "lora": {"rank": rank, "target_modules": targets if isinstance(targets, str) else list(targets),
-                 "trainable_parameters": trainable, "trainable_percent": 100 * trainable / (total + trainable)},
+                 "trainable_parameters": trainable, "trainable_percent": 100 * trainable / (total + trainable),
+                 "lora_parameters": counts.lora, "dora_magnitudes": counts.dora_magnitudes,
+                 "modules_to_save_parameters": counts.full_modules, "new_token_parameters": counts.token_rows},
     }
     if tree:
         report["tree"] = [{"depth": d, "name": n, "class": c, "parameters": p} for d, n, c, p in module_tree(model)]

@@ -142,7 +142,8 @@ def test_largest_fitting_is_the_edge(llama7b):
     assert largest_fitting(llama7b, settings, 2 * 2**30, "batch_size", 4096) == 0  # weights alone are more
 
 
-def test_estimate_matches_a_measured_training_run(tmp_path):
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}], ids=["lora", "dora"])
+def test_estimate_matches_a_measured_training_run(tmp_path, variant):
     """A small version of benchmarks/memory_accuracy.py: one real `loratk train` on CPU."""
     from rich.console import Console
 
@@ -158,7 +159,7 @@ def test_estimate_matches_a_measured_training_run(tmp_path):
     config = TrainConfig.from_mapping(dict(
         model_name_or_path=str(model), dataset_path=[str(data)], output_dir=str(tmp_path / "out"), bf16=False,
         per_device_train_batch_size=2, max_seq_length=256, max_steps=2, gradient_accumulation_steps=1,
-        logging_steps=1, save_steps=100))
+        logging_steps=1, save_steps=100, **variant))
     measured = measure_training_peak(lambda after_load: train(config, Console(quiet=True), after_load=after_load))
     meta = build_meta_model(str(model))
     settings = settings_for(meta.model, config, device="cpu", attn_implementation=default_attention(meta.model, config))

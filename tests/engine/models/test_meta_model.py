@@ -105,3 +105,34 @@ def test_module_report_marks_targets_and_rejects_unknown_names(tiny_model):
     assert report["tree"][0]["name"] == "(model)"
     with pytest.raises(UsageError, match="its Linear modules are: down_proj, gate_proj"):
         module_report(meta, ["qproj"], 8)
+
+
+@pytest.mark.parametrize("variant", [
+    {"use_dora": True}, {"rank_pattern": {"o_proj": 2, "down_proj": 8}}, {"modules_to_save": ["lm_head"]},
+    {"modules_to_save": ["o_proj"]}], ids=["dora", "rank_pattern", "modules_to_save_head", "modules_to_save_linear"])
+def test_variant_counts_equal_peft_on_a_real_model(tiny_model, variant):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    meta = build_meta_model(str(tiny_model))
+    report = module_report(meta, ["q_proj", "o_proj", "down_proj"], 4, **variant)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules=["q_proj", "o_proj", "down_proj"], **variant))
+    assert report["lora"]["trainable_parameters"] == model.get_nb_trainable_parameters()[0]
+
+
+def test_new_token_rows_count_what_peft_trains(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from loratk.engine.models.new_tokens import grow_embeddings, trainable_token_indices
+
+    report = module_report(build_meta_model(str(tiny_model)), ["q_proj"], 4, new_tokens=2)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    grow_embeddings(base, base.get_input_embeddings().weight.shape[0] + 2)
+    rows = list(range(base.get_input_embeddings().weight.shape[0] - 2, base.get_input_embeddings().weight.shape[0]))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"],
+                                            trainable_token_indices=trainable_token_indices(base, rows)))
+    assert report["lora"]["trainable_parameters"] == model.get_nb_trainable_parameters()[0]
