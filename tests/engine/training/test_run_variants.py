@@ -89,6 +89,7 @@ def whole_run(data, tiny_model, tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_a_variant_trains_saves_what_plain_peft_loads_and_merges_verified(name, whole_run, tiny_model, tmp_path):
+    from loratk.engine.inference.generation import load_session
     from loratk.engine.inference.merging import merge
 
     options = RUNS[name]
@@ -115,6 +116,9 @@ def test_a_variant_trains_saves_what_plain_peft_loads_and_merges_verified(name, 
         saved = load_file(final / "adapter_model.safetensors")
         assert not any(key.endswith("base_layer.weight") for key in saved)  # the new rows, not whole embeddings
 
+    if not options.get("use_4bit"):  # loratk generate's loading (4-bit: bitsandbytes' bfloat16 inference layout)
+        session = load_session([AdapterSpec("a", final)], str(tiny_model), dtype="float32")
+        torch.testing.assert_close(logits(session.model, session.tokenizer), expected, atol=2e-4, rtol=1e-4)
     result = merge([AdapterSpec("a", final)], tmp_path / "merged", verify=True)
     assert result.max_logit_diff < result.tolerance
 
