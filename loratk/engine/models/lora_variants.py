@@ -67,7 +67,7 @@ def lora_config(config: TrainConfig, targets, token_indices: dict[str, list[int]
                       trainable_token_indices=token_indices or None)
 
 
-def initial_state(model) -> dict | None:
+def initial_state(model) -> dict:
     """PiSSA/OLoRA: the adapter as initialised (before any step), which the final save subtracts."""
     from peft import get_peft_model_state_dict
 
@@ -119,12 +119,18 @@ def fit_loftq(model, model_path: str) -> int:
                 continue
             original = loader.get_tensor(name[len(prefix):] + ".weight").float()
             weight = module.get_base_layer().weight
-            residual = original.to(weight.device) - bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+            quantized = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+            residual = original.to(weight.device) - quantized
             for adapter in module.lora_A:
                 fit = _low_rank_decomposition(residual, reduced_rank=module.r[adapter])
                 lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
                 lora_a.copy_(fit["R"].to(lora_a.dtype))
                 lora_b.copy_((fit["L"] / module.scaling[adapter]).to(lora_b.dtype))
+                if adapter in getattr(module, "lora_magnitude_vector", {}):
+                    # QDoRA: the magnitude starts at the norms of the fitted weight, so that the
+                    # layer starts at exactly 4-bit base + adapter, as without DoRA
+                    magnitude = module.lora_magnitude_vector[adapter].weight
+                    magnitude.copy_(torch.linalg.norm(quantized + fit["L"] @ fit["R"], dim=1).to(magnitude.dtype))
             fitted += 1
     if not fitted:
         raise ModelError("init_lora_weights loftq found no 4-bit LoRA layer to fit",

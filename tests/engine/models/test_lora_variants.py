@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from loratk.config.train_config import TrainConfig
 from loratk.engine.models.lora_variants import describe, fit_loftq, lora_config, rewrites_base
+from loratk.engine.training.quantized_training import keep_training_layout
 from loratk.errors import ModelError
 
 
@@ -35,11 +36,14 @@ def test_the_description_names_scaling_and_variants():
                                "NEFTune alpha 5"
 
 
-def test_loftq_starts_the_4bit_base_plus_adapter_at_the_best_rank_r_fit(tiny_model):
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "qdora"])
+def test_loftq_starts_the_4bit_base_plus_adapter_at_the_best_rank_r_fit(tiny_model, use_dora):
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    config = TrainConfig(lora_rank=4, lora_alpha=16, use_4bit=True, init_lora_weights="loftq")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=quantization),
-                           lora_config(config, ["q_proj", "down_proj"]))
+    config = TrainConfig(lora_rank=4, lora_alpha=16, lora_dropout=0.0, use_4bit=True, init_lora_weights="loftq",
+                         use_dora=use_dora)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=quantization)
+    keep_training_layout(base)  # the layout training computes with (bitsandbytes' inference one rounds to bf16)
+    model = get_peft_model(base, lora_config(config, ["q_proj", "down_proj"]))
     assert fit_loftq(model, str(tiny_model)) == 4  # two layers, two targets each
     original = AutoModelForCausalLM.from_pretrained(tiny_model).model.layers[1].mlp.down_proj.weight
     layer = model.get_base_model().model.layers[1].mlp.down_proj
@@ -50,6 +54,10 @@ def test_loftq_starts_the_4bit_base_plus_adapter_at_the_best_rank_r_fit(tiny_mod
     # what rank 4 can take of the quantization error: all but the singular values after the 4th
     torch.testing.assert_close(torch.linalg.matrix_norm(original - start), singular[4:].norm(), rtol=1e-4, atol=1e-6)
     assert singular[:4].norm() > 0.1 * singular.norm()  # the fit takes a real share of the error
+    # the layer computes base + adapter at the start, DoRA's magnitude included
+    x = torch.randn(3, start.shape[1])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ start.T, atol=1e-5, rtol=1e-4)
 
 
 def test_loftq_needs_a_4bit_base(tiny_model):
