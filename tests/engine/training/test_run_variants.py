@@ -137,3 +137,22 @@ def test_an_interrupted_variant_run_resumes_to_the_same_adapter(name, whole_run,
     assert whole.keys() == resumed.keys()
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], atol=1e-6, rtol=1e-5)
+
+
+def test_neftune_adds_noise_in_training_forwards_only(data, tiny_model, tmp_path, monkeypatch):
+    import transformers.integrations.neftune as neftune
+
+    seen = []
+    original = neftune.neftune_post_forward_hook
+
+    def recording(module, inputs, output):
+        noisy = original(module, inputs, output)
+        seen.append((module.training, not torch.equal(noisy, output)))
+        return noisy
+
+    monkeypatch.setattr(neftune, "neftune_post_forward_hook", recording)
+    summary, _ = run(data, tiny_model, tmp_path / "out", neftune_noise_alpha=5.0, eval_split=0.2, max_steps=2)
+    assert summary["packing"] and summary["fused_loss"]  # with loratk's packed rows and fused loss
+    assert [noisy for training, noisy in seen if training] == [True, True]  # one packed row per step
+    evaluation = [noisy for training, noisy in seen if not training]
+    assert evaluation and not any(evaluation)
