@@ -2,9 +2,10 @@
 per-module ranks, modules trained in full, new-token rows), and what each variant needs around it.
 
 PiSSA and OLoRA move the adapter's initial product out of the base weights. The adapter trained
-against that changed base is saved the way peft converts it back (``save_initial_state`` now,
-``path_initial_model_for_weight_conversion`` at the end): a plain LoRA of twice the rank against
-the original base, which loads, merges and generates like any other adapter.
+against that changed base is saved the way peft converts it back (``initial_state`` before the
+first step, ``save_adapter`` with peft's ``path_initial_model_for_weight_conversion`` at the end):
+a plain LoRA of twice the rank against the original base, which loads, merges and generates like
+any other adapter.
 """
 
 from __future__ import annotations
