@@ -34,6 +34,9 @@ measured on its own:
   loratk-plain-mlp        transformers' gated MLP (silu(gate), gate and up kept) instead of
                           loratk's (gate and up kept, silu recomputed)
   loratk-checkpointing    gradient checkpointing forced on
+and loratk with a LoRA variant (--variants, on by default), so its cost is known:
+  loratk-dora             --use_dora (peft's DoRA forward: the fused LoRA layers do not apply)
+  loratk-rslora           --use_rslora (only the scaling changes: the fused path as plain LoRA)
 Each configuration runs in its own process (so peak resident memory is its own); repeats are
 interleaved (a, b, c, d, a, b, c, d) so drift in machine load hits all alike. Every configuration
 is timed the same way, from the end of its first optimizer step to the end of training, so the
@@ -77,6 +80,11 @@ ABLATIONS = {
     "loratk-plain-norm": ({}, "norm"),
     "loratk-plain-mlp": ({}, "mlp"),
     "loratk-checkpointing": ({"gradient_checkpointing": True}, None),
+}
+# loratk with a LoRA variant: TrainConfig overrides
+VARIANTS = {
+    "loratk-dora": {"use_dora": True},
+    "loratk-rslora": {"use_rslora": True},
 }
 MAX_LEN = 512
 TOKENS_PER_STEP = 2048
@@ -163,7 +171,7 @@ def run_loratk(model: str, data: str, out: str, variant: str = "loratk") -> dict
     from loratk.config.train_config import TrainConfig
     from loratk.engine.training.run import train
 
-    overrides, mean = ABLATIONS.get(variant, ({}, None))
+    overrides, mean = ABLATIONS.get(variant, (VARIANTS.get(variant, {}), None))
     switch_off(mean)
     config = TrainConfig(model_name_or_path=model, dataset_path=[data], output_dir=out, num_train_epochs=1,
                          per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_seq_length=MAX_LEN,
@@ -262,7 +270,7 @@ def worker(name: str, model: str, data: str) -> None:
     clock = step_clock()
     transformers.trainer.DEFAULT_CALLBACKS.append(clock)  # every Trainer of this process gets it
     with tempfile.TemporaryDirectory() as out:
-        if name == "loratk" or name in ABLATIONS:
+        if name == "loratk" or name in ABLATIONS or name in VARIANTS:
             result = run_loratk(model, data, out, name)
         elif name == "seed":
             result = run_seed(model, data, out)
@@ -317,6 +325,8 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--no-ablations", dest="ablations", action="store_false",
                         help="skip the runs of loratk with one mean taken away")
+    parser.add_argument("--no-variants", dest="variants", action="store_false",
+                        help="skip the runs of loratk with a LoRA variant (DoRA, rsLoRA)")
     parser.add_argument("--max-seq-length", type=int, default=MAX_LEN,
                         help=f"row length; rows per step = {TOKENS_PER_STEP} // this (default {MAX_LEN})")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -334,7 +344,8 @@ def main() -> None:
     data = Path(args.data) if args.data else work / "data.jsonl"
     if not args.data:
         build_dataset(data, args.tokens)
-    configs = [c for c in args.configs.split(",") if c] + (list(ABLATIONS) if args.ablations else [])
+    configs = ([c for c in args.configs.split(",") if c] + (list(ABLATIONS) if args.ablations else [])
+               + (list(VARIANTS) if args.variants else []))
     peaks = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
     results: dict[str, list[dict]] = {c: [] for c in configs}
     for repeat in range(args.repeats):

@@ -23,7 +23,8 @@ Examples:
 
 TRAIN_OPTIONS = ("lora_rank", "lora_dropout", "target_modules", "use_4bit", "use_8bit", "quantization",
                  "max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "gradient_checkpointing", "bf16", "fp16", "packing", "trust_remote_code")
+                 "gradient_checkpointing", "bf16", "fp16", "packing", "trust_remote_code",
+                 "use_dora", "rank_pattern", "modules_to_save", "new_tokens", "add_special_tokens")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 UNITS = {"": 2**30, "g": 2**30, "gb": 2**30, "gib": 2**30, "m": 2**20, "mb": 2**20, "mib": 2**20,
          "t": 2**40, "tb": 2**40, "tib": 2**40}

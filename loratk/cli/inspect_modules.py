@@ -27,9 +27,14 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 @config_option(FIELDS["lora_rank"])
 @config_option(FIELDS["target_modules"])
 @config_option(FIELDS["trust_remote_code"])
+@config_option(FIELDS["use_dora"])
+@config_option(FIELDS["rank_pattern"])
+@config_option(FIELDS["modules_to_save"])
+@config_option(FIELDS["new_tokens"])
 @click.option("--tree", is_flag=True, help="Also print the full module tree.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 def inspect_modules(model: str | None, lora_rank: int, target_modules: str | None, trust_remote_code: bool,
+                    use_dora: bool, rank_pattern: str | None, modules_to_save: str | None, new_tokens: tuple[str, ...],
                     tree: bool, as_json: bool) -> None:
     """Show MODEL's Linear modules, which ones LoRA targets, and how many parameters it trains.
 
@@ -37,15 +42,20 @@ def inspect_modules(model: str | None, lora_rank: int, target_modules: str | Non
     a recipe name, or left out for the embedded SmolLM2-135M. No weights are downloaded or loaded;
     registry models and models seen before answer at once, without importing torch.
     """
-    config = TrainConfig.from_mapping({"lora_rank": lora_rank, "target_modules": target_modules}, "command line")
+    config = TrainConfig.from_mapping({"lora_rank": lora_rank, "target_modules": target_modules, "use_dora": use_dora,
+                                       "rank_pattern": rank_pattern, "modules_to_save": modules_to_save,
+                                       "new_tokens": list(new_tokens)}, "command line")
 
     from loratk.engine.memory.shape_store import model_summary
     from loratk.engine.models.meta_model import locate_model
     from loratk.engine.models.module_summary import module_report
 
     ref = locate_model(model, trust_remote_code)
-    modules = model_summary(ref).modules
-    report = module_report(ref.shown, ref.source, modules, config.target_module_list(), config.lora_rank, tree)
+    summary = model_summary(ref)
+    report = module_report(ref.shown, ref.source, summary.modules, config.target_module_list(), config.lora_rank, tree,
+                           embedding=(summary.shape.hidden, summary.shape.vocab, summary.shape.head_params == 0),
+                           use_dora=config.use_dora, rank_pattern=config.rank_pattern,
+                           modules_to_save=config.modules_to_save_list(), new_tokens=len(config.new_tokens))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -70,6 +80,11 @@ def print_report(report: dict) -> None:
     console.print(f"targets: {targets if isinstance(targets, str) else ', '.join(targets)}; rank {lora['rank']}: "
                   f"{lora['trainable_parameters']:,} trainable of {report['total_parameters']:,} parameters "
                   f"({lora['trainable_percent']:.3f}%)")
+    extras = [f"{lora[key]:,} {what}" for key, what in (("dora_magnitudes", "DoRA magnitudes"),
+                                                        ("modules_to_save_parameters", "in modules_to_save copies"),
+                                                        ("new_token_parameters", "in new-token rows")) if lora.get(key)]
+    if extras:
+        console.print(f"of which {lora['lora_parameters']:,} LoRA, " + ", ".join(extras))
     if report.get("tree"):
         tree = Table(title="module tree", show_header=True)
         tree.add_column("module")

@@ -90,8 +90,12 @@ def print_summary(summary: dict, final_dir) -> None:
         ("final train loss", number(summary["train_loss"])),
         ("eval loss / perplexity", f"{number(summary['eval_loss'])} / {number(summary['eval_perplexity'], '{:.2f}')}"),
         ("peak memory", f"{summary['peak_rss_mb']:,.0f} MB resident"),
-        ("adapter", str(final_dir)),
+        ("adapter", str(final_dir) + (f"\n{summary['adapter_form']}" if summary.get("adapter_form") else "")),
     ]
+    if summary.get("lora"):
+        rows.insert(4, ("LoRA", summary["lora"]))
+    if summary.get("unfused_targets"):
+        rows.insert(5, ("peft's forward", ", ".join(f"{t} ({why})" for t, why in summary["unfused_targets"].items())))
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)

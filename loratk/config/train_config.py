@@ -7,6 +7,7 @@ configuration written next to each run is their values.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -16,6 +17,8 @@ from loratk.errors import ConfigError
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "tensorboard", "wandb")
 EMBEDDED_MODEL = "smollm2-135m"
+INIT_LORA_WEIGHTS = ("gaussian", "pissa", "olora", "loftq")
+_PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -50,6 +53,26 @@ class TrainConfig:
     lora_dropout: float = _opt(0.05, "Dropout on the LoRA input.")
     target_modules: str | None = _opt(
         None, "Comma list of module names, 'all-linear', or 'auto' (the architecture's defaults).")
+    # LoRA variants (docs/lora-variants.md)
+    use_dora: bool = _opt(False, "DoRA: learn each target's weight magnitude apart from its direction "
+                          "(QDoRA on a 4-bit base; peft's slower forward).", flag=True)
+    use_rslora: bool = _opt(False, "rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r.", flag=True)
+    init_lora_weights: str | None = _opt(
+        None, "Adapter initialisation: gaussian, pissa, pissa_niter_N, olora, or loftq (with --use_4bit); "
+        "default: A random, B zero.")
+    loraplus_lr_ratio: float | None = _opt(None, "LoRA+: train lora_B at this many times the learning rate "
+                                           "(the paper suggests 16).")
+    modules_to_save: str | None = _opt(None, "Comma list of modules trained in full and saved with the adapter "
+                                       "(e.g. lm_head).")
+    new_tokens: list[str] = _opt([], "Add this token to the tokenizer; only its embedding rows train. Repeatable.",
+                                 multiple=True)
+    add_special_tokens: list[str] = _opt([], "Like --new_tokens, as a special token (never split, e.g. "
+                                         "'<|tool|>'). Repeatable.", multiple=True)
+    rank_pattern: dict[str, int] | None = _opt(None, "Per-module ranks, e.g. 'o_proj=16,down_proj=4' "
+                                               "(a mapping in recipes).")
+    alpha_pattern: dict[str, float] | None = _opt(None, "Per-module alphas, e.g. 'o_proj=32' (a mapping in recipes).")
+    neftune_noise_alpha: float | None = _opt(None, "NEFTune: add uniform noise of this scale to the embeddings "
+                                             "while training (the paper uses 5).")
     # Quantization
     use_4bit: bool = _opt(False, "Load the base in 4-bit NF4 (QLoRA); same as --quantization bnb-4bit.", flag=True)
     use_8bit: bool = _opt(False, "Load the base in 8-bit; same as --quantization bnb-8bit.", flag=True)
@@ -144,8 +167,44 @@ class TrainConfig:
             problems.append(f"report_to {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
         if self.target_modules is not None and not self.target_module_list() and self.target_modules.strip() != "auto":
             problems.append(f"target_modules {self.target_modules!r} names no module")
+        problems += self.variant_problems()
         if problems:
             raise ConfigError(problems, source)
+
+    def variant_problems(self) -> list[str]:
+        """What is wrong with the LoRA-variant options, alone or together."""
+        problems = []
+        init = self.init_lora_weights
+        if init is not None and init not in INIT_LORA_WEIGHTS and not _PISSA_NITER.fullmatch(init):
+            problems.append(f"init_lora_weights {init!r} is not one of {', '.join(INIT_LORA_WEIGHTS)} or pissa_niter_N"
+                            + did_you_mean(init, INIT_LORA_WEIGHTS))
+        mutates_base = init is not None and (init in ("pissa", "olora") or init.startswith("pissa_niter_"))
+        if mutates_base and self.quantization_name:
+            problems.append(f"init_lora_weights {init} rewrites the base weights, which a quantized base cannot "
+                            "hold; train unquantized, or use loftq for a 4-bit base")
+        if mutates_base and self.use_dora:
+            problems.append(f"init_lora_weights {init} and use_dora exclude each other (peft cannot convert a "
+                            "PiSSA/OLoRA DoRA adapter back to the original base)")
+        if mutates_base and self.use_rslora and (self.rank_pattern or self.alpha_pattern):
+            problems.append(f"init_lora_weights {init} with use_rslora cannot be saved against the original base "
+                            "together with rank_pattern or alpha_pattern (a peft limit); drop one")
+        if init == "loftq" and self.quantization_name != "bnb-4bit":
+            problems.append("init_lora_weights loftq fits the adapter to a 4-bit base; add --use_4bit")
+        for name in ("loraplus_lr_ratio", "neftune_noise_alpha"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"{name} must be greater than 0, got {value}")
+        tokens = [*self.new_tokens, *self.add_special_tokens]
+        repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+        if repeated:
+            problems.append(f"token {repeated[0]!r} is listed twice in new_tokens / add_special_tokens")
+        if any(not t for t in tokens):
+            problems.append("new_tokens / add_special_tokens hold an empty token")
+        for name in ("rank_pattern", "alpha_pattern"):
+            for module, value in (getattr(self, name) or {}).items():
+                if value <= 0:
+                    problems.append(f"{name}: {module} must be greater than 0, got {value}")
+        return problems
 
     @property
     def quantization_name(self) -> str | None:
@@ -162,6 +221,9 @@ class TrainConfig:
             return "all-linear"
         return [name.strip() for name in self.target_modules.split(",") if name.strip()]
 
+    def modules_to_save_list(self) -> list[str]:
+        return [name.strip() for name in (self.modules_to_save or "").split(",") if name.strip()]
+
     def recorded(self) -> dict[str, Any]:
         """The values that define the run (what ``loratk_run.yaml`` holds)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("recorded", True)}
@@ -175,6 +237,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         if optional:
             return None
         raise ValueError("must not be empty")
+    if kind.startswith("dict"):
+        return _mapping(value, float if "float" in kind.split("|")[0] else int)
     if kind.startswith("list"):
         if isinstance(value, str):
             return [value]
@@ -203,3 +267,24 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return str(value)
         raise ValueError(f"expected text, got {value!r}")
     return value
+
+
+def _mapping(value: Any, number: type) -> dict[str, Any]:
+    """A module-name -> number mapping, from a recipe's mapping or the command line's 'a=1,b=2'."""
+    if isinstance(value, str):
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        if any(not sep or not key.strip() for key, sep, _ in pairs):
+            raise ValueError(f"expected NAME=NUMBER pairs separated by commas, got {value!r}")
+        value = {key.strip(): number_text.strip() for key, _, number_text in pairs}
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"expected a mapping of module names to numbers, got {value!r}")
+    clean = {}
+    for key, item in value.items():
+        try:
+            converted = number(item) if not isinstance(item, bool) else None
+        except (TypeError, ValueError):
+            converted = None
+        if converted is None or (number is int and isinstance(item, float) and item != int(item)):
+            raise ValueError(f"{key}: expected a {'whole ' if number is int else ''}number, got {item!r}")
+        clean[str(key)] = converted
+    return clean

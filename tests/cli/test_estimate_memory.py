@@ -106,3 +106,16 @@ def test_unknown_model_offline(monkeypatch):
     result = run_cli(["estimate-memory", "nobody/no-such-model"])
     assert result.exit_code == 1
     assert "unknown model 'nobody/no-such-model'" in result.output
+
+
+def test_variants_add_what_they_train_and_keep():
+    plain = estimate_json("HuggingFaceTB/SmolLM2-135M")
+    dora = estimate_json("HuggingFaceTB/SmolLM2-135M", "--use-dora")
+    head = estimate_json("HuggingFaceTB/SmolLM2-135M", "--modules_to_save", "lm_head")
+    tokens = estimate_json("HuggingFaceTB/SmolLM2-135M", "--new_tokens", "<a>", "--new_tokens", "<b>")
+    # SmolLM2-135M: 30 layers of q/k/v/o/gate/up/down, outputs 576+192+192+576+1536+1536+576 wide
+    assert dora["trainable_parameters"] - plain["trainable_parameters"] == 30 * 5184
+    assert dora["total_bytes"] > 1.5 * plain["total_bytes"]  # the magnitude's gradient keeps two outputs per target
+    assert head["trainable_parameters"] - plain["trainable_parameters"] == 49152 * 576  # a copy of the (tied) head
+    assert tokens["trainable_parameters"] - plain["trainable_parameters"] == 2 * 576  # tied: one row per token
+    assert "DoRA magnitudes" in json.dumps(dora["components"])

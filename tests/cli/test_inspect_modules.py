@@ -64,3 +64,13 @@ def test_bad_input_is_one_line(tiny_model, monkeypatch):
     assert bad_rank.exit_code == 2 and "lora_rank must be greater than 0" in bad_rank.output
     for result in (unknown_target, unknown_model, bad_rank):
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_variants_are_counted_apart(tiny_model):
+    result = run_cli(["inspect-modules", str(tiny_model), "--target_modules", "q_proj", "--lora_rank", "4",
+                      "--use-dora", "--modules_to_save", "lm_head", "--new_tokens", "<x>", "--rank_pattern", "q_proj=2"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    # 2 layers of q_proj 64 -> 64 at rank 2: 512 LoRA, 128 magnitudes; the untied 400 x 64 head; one row in
+    # the embeddings and one in the head
+    assert "of which 512 LoRA, 128 DoRA magnitudes, 25,600 in modules_to_save copies, 128 in new-token rows" in text

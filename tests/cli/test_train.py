@@ -204,3 +204,21 @@ def test_a_shipped_4bit_recipe_trains_a_local_llama_folder(text_data, tiny_model
     assert run["model_name_or_path"] == str(tiny_model)  # the flag beat the recipe's Hub id
     config = json.loads((out / "final" / "adapter_config.json").read_text())
     assert config["r"] == 16
+
+
+def test_a_variant_run_names_its_forward_and_its_record_reproduces_it(tmp_path, tiny_model, text_data):
+    out = tmp_path / "out"
+    result = run_cli(["train", str(text_data), "--model", str(tiny_model), "--output_dir", str(out), *FAST,
+                      "--max_steps", "1", "--use-dora", "--target_modules", "q_proj,v_proj",
+                      "--rank-pattern", "v_proj=2", "--init_lora_weights", "gaussian"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "peft's forward for q_proj, v_proj (DoRA variant), not loratk's fused LoRA layer" in text
+    assert "DoRA r=8" in text  # the summary's LoRA row (wrapped in the table)
+    summary = json.loads((out / "final" / "loratk_summary.json").read_text())
+    assert summary["lora"] == "DoRA r=8, alpha=16, scaling 2; init gaussian; rank_pattern v_proj=2"
+    assert summary["unfused_targets"] == {"q_proj": "DoRA variant", "v_proj": "DoRA variant"}
+    recorded = yaml.safe_load((out / "loratk_run.yaml").read_text())
+    assert recorded["rank_pattern"] == {"v_proj": 2} and recorded["use_dora"] is True
+    again = run_cli(["train", "--recipe", str(out / "loratk_run.yaml"), "--dry-run", "--json"])
+    assert json.loads(again.output)["lora"] == "DoRA r=8, alpha=16, scaling 2; init gaussian; rank_pattern v_proj=2"

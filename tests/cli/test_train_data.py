@@ -146,3 +146,20 @@ def test_dry_run_json_prints_the_statistics(tmp_path, tiny_model):
 def test_json_needs_dry_run(tmp_path, tiny_model):
     result = run_cli(["train", "x.jsonl", "--json"], catch_exceptions=True)
     assert result.exit_code == 2 and "--json goes with --dry-run" in result.output
+
+
+def test_dry_run_shows_the_lora_variant_and_tokenizes_new_tokens_as_one(tmp_path, tiny_model):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"text": "call <tool> now"}) + "\n", encoding="utf-8")
+    base = ["train", str(path), "--model", str(tiny_model), "--dry-run"]
+    plain = json.loads(run_cli([*base, "--json"]).output)
+    result = run_cli([*base, "--json", "--use-dora", "--use_rslora", "--new-tokens", "<tool>", "--rank_pattern",
+                      "o_proj=2", "--lora_rank", "4"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["lora"] == "DoRA r=4, alpha=16, scaling 8 (rsLoRA: alpha / sqrt(r)); rank_pattern o_proj=2; " \
+                            "1 new token (rows trained)"
+    assert stats["new_token_ids"] == [400]  # after the tiny tokenizer's 400
+    assert stats["tokens"] < plain["tokens"]  # "<tool>" is one token now
+    shown = run_cli([*base, "--init_lora_weights", "olora"])
+    assert "init olora" in shown.output

@@ -1,5 +1,7 @@
 """TrainConfig: the original script's defaults and checks of values taken together."""
 
+import re
+
 import pytest
 
 from loratk.config.train_config import TrainConfig
@@ -36,3 +38,30 @@ def test_wrong_types_are_named():
         TrainConfig.from_mapping({"lora_rank": "eight", "use_4bit": "yes", "dataset_path": 3})
     assert len(caught.value.problems) == 3
     assert "lora_rank: expected a whole number, got 'eight'" in str(caught.value)
+
+
+def test_per_module_patterns_come_from_recipes_or_the_command_line():
+    from_recipe = TrainConfig.from_mapping({"rank_pattern": {"o_proj": 16}, "alpha_pattern": {"o_proj": 32}})
+    from_flags = TrainConfig.from_mapping({"rank_pattern": "o_proj=16", "alpha_pattern": " o_proj = 32 "})
+    assert from_recipe.rank_pattern == from_flags.rank_pattern == {"o_proj": 16}
+    assert from_recipe.alpha_pattern == from_flags.alpha_pattern == {"o_proj": 32.0}
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"init_lora_weights": "pisa"}, "init_lora_weights 'pisa' is not one of gaussian, pissa, olora, loftq or "
+                                    "pissa_niter_N (did you mean 'pissa'?)"),
+    ({"init_lora_weights": "pissa_niter_0"}, "is not one of"),
+    ({"init_lora_weights": "loftq"}, "loftq fits the adapter to a 4-bit base; add --use_4bit"),
+    ({"init_lora_weights": "olora", "use_4bit": True}, "rewrites the base weights"),
+    ({"init_lora_weights": "pissa", "use_dora": True}, "exclude each other"),
+    ({"init_lora_weights": "pissa", "use_rslora": True, "rank_pattern": "o_proj=2"}, "a peft limit"),
+    ({"loraplus_lr_ratio": 0}, "loraplus_lr_ratio must be greater than 0"),
+    ({"neftune_noise_alpha": -5}, "neftune_noise_alpha must be greater than 0"),
+    ({"new_tokens": ["<a>"], "add_special_tokens": ["<a>"]}, "token '<a>' is listed twice"),
+    ({"rank_pattern": "o_proj=0"}, "rank_pattern: o_proj must be greater than 0"),
+    ({"rank_pattern": "o_proj=2.5"}, "o_proj: expected a whole number"),
+    ({"alpha_pattern": "o_proj"}, "expected NAME=NUMBER pairs"),
+])
+def test_variant_options_are_checked(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig.from_mapping(values)

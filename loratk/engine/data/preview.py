@@ -60,13 +60,18 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     from loratk.engine.data.packing import best_fit, padded_efficiency
     from loratk.engine.data.pipeline import prepare_data
     from loratk.engine.models.loading import known_quantization, load_tokenizer, resolve_model_path
+    from loratk.engine.models.lora_variants import describe
+    from loratk.engine.models.new_tokens import add_new_tokens
 
     if config.quantization_name:
         known_quantization(config.quantization_name)  # a real run would refuse it, so the preview does too
     model_path = resolve_model_path(config.model_name_or_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
+    new_token_ids = add_new_tokens(tokenizer, config.new_tokens, config.add_special_tokens)  # as training does
     data = prepare_data(config, tokenizer)
-    stats = dict(data.stats, row_kind=data.kind)
+    stats = dict(data.stats, row_kind=data.kind, lora=describe(config))
+    if new_token_ids:
+        stats["new_token_ids"] = new_token_ids
     blocker = predicted_packing_blocker(config, model_path)
     stats["packing"] = blocker is None
     stats["padded_efficiency"] = round(padded_efficiency(list(data.train["length"]),
@@ -103,6 +108,7 @@ def print_report(report: DataReport, console) -> None:
                           f"p95 {lengths['p95']}, max {lengths['max']}"),
         ("packing", (f"on, {s['packed_rows']} packed row(s)" if s["packing"] else s.get("packing_note", "off"))
          + f"; efficiency {100 * s['packing_efficiency']:.1f}% (padded: {100 * s['padded_efficiency']:.1f}%)"),
+        ("LoRA", s["lora"]),
     ]:
         table.add_row(key, value)
     console.print(table)

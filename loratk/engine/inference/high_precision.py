@@ -27,9 +27,24 @@ def execution_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     stack = max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()), default=None)
     layers = list(stack) if stack is not None else []
     inside = {id(sub) for layer in layers for sub in layer.modules()}
+    wrappers = [m for m in model.modules() if id(m) not in inside and _is_wrapper(m)]
+    inside |= {id(sub) for wrapper in wrappers for sub in wrapper.modules()}
     others = [m for m in model.modules() if id(m) not in inside and m is not stack
               and (any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False)))]
-    return layers + others
+    return layers + wrappers + others
+
+
+def _is_wrapper(module: torch.nn.Module) -> bool:
+    """A peft wrapper outside the decoder layers (the new-token rows of the embeddings or the head,
+    a module trained in full): its forward reads its parts' weights directly, so it runs as a whole."""
+    return hasattr(module, "base_layer") and isinstance(getattr(module, "base_layer"), torch.nn.Module)
+
+
+def _in_own_dtype(module, args):
+    """Such a wrapper computes in its weights' dtype (upcasting it could take vocabulary x hidden x 8
+    bytes), its output handed on in float64."""
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def _upcast(unit: torch.nn.Module) -> dict[int, torch.Tensor]:
@@ -80,6 +95,9 @@ def float64_execution(model: torch.nn.Module) -> Iterator[None]:
     """
     handles, replaced = [], []
     for unit in execution_units(model):
+        if _is_wrapper(unit):
+            handles += [unit.register_forward_pre_hook(_in_own_dtype), unit.register_forward_hook(_float64_output)]
+            continue
         if isinstance(unit, torch.nn.Embedding):
             handles.append(unit.register_forward_hook(_float64_output))
             continue

@@ -230,3 +230,28 @@ def fuse_lora_layers(model) -> int:
             for layer in layers:
                 layer._loratk_siblings = siblings
     return changed
+
+
+_VARIANT_NAMES = {"Dora": "DoRA", "ALora": "aLoRA"}
+
+
+def unfused_targets(model) -> dict[str, str]:
+    """The LoRA targets (by short name) that run peft's own forward, and why: a variant such as
+    DoRA, a layer type without a fused forward, or a modified adapter. Fused targets are left out."""
+    from peft.tuners.lora import LoraLayer
+
+    reasons: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if not isinstance(module, FusedLoraForward):
+            reason = f"no fused forward for {type(module).__name__}"
+        elif module._fusable():
+            continue
+        else:
+            variants = sorted({_VARIANT_NAMES.get(name, name) for name in (
+                type(v).__name__.removesuffix("LinearVariant").removesuffix("Variant")
+                for v in module.lora_variant.values())})
+            reason = f"{' + '.join(variants)} variant" if variants else "adapter not plain LoRA"
+        reasons.setdefault(name.rsplit(".", 1)[-1], set()).add(reason)
+    return {target: "; ".join(sorted(why)) for target, why in reasons.items()}

@@ -13,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from loratk.engine.models.meta_model import LinearGroup, linear_groups, lora_parameter_count, targeted_names
+from loratk.engine.models.meta_model import LinearGroup, linear_groups, targeted_names
+from loratk.engine.models.variant_counts import HEAD_NAMES, VariantCounts, variant_counts
 from loratk.errors import UsageError
 
 GiB = 2**30
@@ -80,6 +81,11 @@ class MemorySettings:
     gradient_accumulation_steps: int = 1
     optimizer: str = "adamw"
     attn_implementation: str = "sdpa"
+    # LoRA variants (docs/lora-variants.md)
+    use_dora: bool = False
+    rank_pattern: tuple[tuple[str, int], ...] = ()  # (module short name, rank) pairs
+    modules_to_save: tuple[str, ...] = ()
+    new_tokens: int = 0
 
 
 @dataclass
@@ -213,8 +219,11 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     weights = linear_bytes + (shape.other_params + shape.head_params) * unquantized
 
     targets = s.targets if s.targets == "all-linear" else list(s.targets)
-    trainable = lora_parameter_count(list(shape.linears), targets, s.rank)
-    adapters = trainable * 4  # peft keeps adapters in fp32
+    counts = variant_counts(list(shape.linears), targets, s.rank, hidden=shape.hidden, vocab=shape.vocab,
+                            head_tied=shape.head_params == 0, rank_pattern=dict(s.rank_pattern), use_dora=s.use_dora,
+                            modules_to_save=s.modules_to_save, new_tokens=s.new_tokens)
+    trainable = counts.trainable
+    adapters = trainable * 4  # peft keeps adapters in fp32 (and the copies of modules_to_save counted so too)
     grads = trainable * 4
     states = trainable * OPTIMIZER_STATE_BYTES[s.optimizer]
     grads_at_backward = grads if s.gradient_accumulation_steps > 1 else 0
@@ -228,7 +237,9 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         saved = shape.layers * layer + final_norm
         act_detail = f"{layer / 2**20:,.1f} MiB per layer x {shape.layers} layers"
 
-    if shape.fused_loss:
+    # a head trained in full or wrapped for new-token rows is not the frozen head the fused loss reads
+    fused_loss = shape.fused_loss and not s.new_tokens and not HEAD_NAMES & set(s.modules_to_save)
+    if fused_loss:
         # Chunked loss: the logits of one chunk of rows, turned into probabilities in place, plus
         # the final hidden states, their trained rows and the gradient kept for them. An fp32 head
         # writes the chunk in fp32; a half-precision head writes it in its dtype, and the fp32
@@ -244,6 +255,9 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     transient = 3 * tokens * shape.intermediate * linear_out
     if quantized:
         transient += max(g.in_features * g.out_features for g in shape.linears) * compute
+    if s.use_dora:  # peft's DoRA norms W + scaling * B @ A: that sum and B @ A, in fp32, for one layer at a time
+        transient += 2 * max(g.in_features * g.out_features for g in shape.linears
+                             if g.name in targeted_names(list(shape.linears), targets)) * 4
     recomputed = layer if s.gradient_checkpointing else 0
     persistent = weights + adapters + states + grads_at_backward
     phases = {
@@ -254,7 +268,7 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     phase = max(phases, key=phases.get)
     components = [
         Component("base weights", weights, weight_detail),
-        Component("LoRA parameters", adapters, f"{trainable:,} trainable params in fp32"),
+        Component("LoRA parameters", adapters, f"{trainable:,} trainable params in fp32" + _variant_detail(counts)),
         Component("LoRA gradients", grads if phase == "optimizer step" else grads_at_backward,
                   "fp32; kept across gradient accumulation steps"),
         Component("optimizer states", states, f"{s.optimizer}: {OPTIMIZER_STATE_BYTES[s.optimizer]} B per param"),
@@ -275,6 +289,13 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
                                     f"CUDA context ~{CUDA_CONTEXT_BYTES / GiB:.1f} GiB + "
                                     f"{ALLOCATOR_SLACK:.0%} caching-allocator slack"))
     return MemoryEstimate(components, phase, s, trainable)
+
+
+def _variant_detail(counts: VariantCounts) -> str:
+    parts = [f"{number:,} {what}" for number, what in ((counts.dora_magnitudes, "DoRA magnitudes"),
+                                                        (counts.full_modules, "in modules_to_save copies"),
+                                                        (counts.token_rows, "in new-token rows")) if number]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _matmul_attention(s: MemorySettings) -> bool:
@@ -321,7 +342,14 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
         if shared not in inputs_kept:
             inputs_kept.add(shared)
             lora += per_layer * tokens * group.in_features * (compute if group.name in ATTENTION_OUTPUTS else residual)
-        lora += per_layer * tokens * s.rank * compute
+        rank = dict(s.rank_pattern).get(group.name, s.rank)
+        lora += per_layer * tokens * rank * compute
+        if s.use_dora:
+            # peft's forward: the base output and lora_B's output kept for the magnitude's gradient,
+            # and dropout's mask and dropped copy of the input (its own, not shared)
+            lora += per_layer * tokens * 2 * group.out_features * linear_out
+            if s.lora_dropout:
+                lora += per_layer * tokens * group.in_features * (compute + 1)
     return norms + attention + mlp + lora
 
 

@@ -53,7 +53,10 @@ def _settings(config, resolve_targets: Callable, device: str, optimizer: str,
         precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
         row_scale_bytes=row_bytes, gradient_checkpointing=bool(config.gradient_checkpointing),
         gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
-        attn_implementation=attn_implementation)
+        attn_implementation=attn_implementation, use_dora=config.use_dora,
+        rank_pattern=tuple((config.rank_pattern or {}).items()),
+        modules_to_save=tuple(config.modules_to_save_list()),
+        new_tokens=len(config.new_tokens) + len(config.add_special_tokens))
 
 
 def memory_report(name: str, source: str, summary, config, *, device: str = "cuda", optimizer: str = "adamw",

@@ -126,12 +126,14 @@ def load_adapters(model, specs: list[AdapterSpec], base_name: str):
     """Wrap ``model`` in a PeftModel holding every adapter under its name; the first is active."""
     from peft import PeftModel
 
+    from loratk.engine.models.new_tokens import grow_for_adapter
     from loratk.engine.models.weight_files import check_adapter_weights, refusing_unsafe_pickles
 
     peft_model = None
     for spec in specs:
         check_adapter_config(spec.path)
         check_adapter_weights(spec.path)
+        grow_for_adapter(model, spec.path)  # an adapter trained with new tokens has rows for them
         try:
             with refusing_unsafe_pickles(spec.path, UNSAFE_ADAPTER_HINT, ModelError):
                 if peft_model is None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loratk.engine.models.meta_model import (LinearGroup, linear_groups, lora_parameter_count, module_tree,
-                                             parameter_count, targeted_names)
+from loratk.engine.models.meta_model import LinearGroup, linear_groups, module_tree, parameter_count, targeted_names
 from loratk.engine.models.targets import choose_target_modules
 
 
@@ -51,14 +50,23 @@ def _typed(row: list, types: tuple[type, ...]) -> list:
 
 
 def module_report(name: str, source: str, modules: ModuleSummary, requested: list[str] | str | None, rank: int,
-                  tree: bool = False) -> dict:
-    """What ``loratk inspect-modules`` shows, as plain data: groups, defaults, the LoRA count."""
+                  tree: bool = False, *, embedding: tuple[int, int, bool], **variants: Any) -> dict:
+    """What ``loratk inspect-modules`` shows, as plain data: groups, defaults, the LoRA count.
+
+    ``embedding``: the model's (hidden size, vocabulary, whether the head is tied to the embeddings),
+    which new-token rows and saved embeddings are counted from. ``variants``: ``use_dora``,
+    ``rank_pattern``, ``modules_to_save``, ``new_tokens`` (a count), as
+    ``loratk.engine.models.variant_counts.variant_counts`` takes them."""
+    from loratk.engine.models.variant_counts import variant_counts
+
     groups = list(modules.linears)
     auto = choose_target_modules(modules.model_type, modules.linear_names(), None)
     targets = choose_target_modules(modules.model_type, modules.linear_names(), requested)
     chosen = set(targeted_names(groups, targets))
     total = modules.total_parameters
-    trainable = lora_parameter_count(groups, targets, rank)
+    hidden, vocab, head_tied = embedding
+    counts = variant_counts(groups, targets, rank, hidden=hidden, vocab=vocab, head_tied=head_tied, **variants)
+    trainable = counts.trainable
     report = {
         "model": name, "source": source, "model_type": modules.model_type,
         "total_parameters": total,
@@ -67,7 +75,9 @@ def module_report(name: str, source: str, modules: ModuleSummary, requested: lis
                            for g in groups],
         "auto_targets": auto if isinstance(auto, str) else list(auto),
         "lora": {"rank": rank, "target_modules": targets if isinstance(targets, str) else list(targets),
-                 "trainable_parameters": trainable, "trainable_percent": 100 * trainable / (total + trainable)},
+                 "trainable_parameters": trainable, "trainable_percent": 100 * trainable / (total + trainable),
+                 "lora_parameters": counts.lora, "dora_magnitudes": counts.dora_magnitudes,
+                 "modules_to_save_parameters": counts.full_modules, "new_token_parameters": counts.token_rows},
     }
     if tree:
         report["tree"] = [{"depth": d, "name": n, "class": c, "parameters": p} for d, n, c, p in modules.tree]

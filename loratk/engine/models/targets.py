@@ -24,12 +24,16 @@ def linear_modules(model) -> dict[str, int]:
 
 def resolve_target_modules(model, requested: list[str] | str | None) -> list[str] | str:
     """The ``target_modules`` for peft's LoraConfig; unknown names are a usage error."""
-    return choose_target_modules(getattr(model.config, "model_type", None), linear_modules(model), requested)
+    return choose_target_modules(getattr(model.config, "model_type", None), linear_modules(model), requested,
+                                 head=(output_head_name(model), tied_note(model)))
 
 
-def choose_target_modules(model_type: str | None, available: Collection[str],
-                          requested: list[str] | str | None) -> list[str] | str:
-    """:func:`resolve_target_modules` from a model's type and the short names of its Linear modules."""
+def choose_target_modules(model_type: str | None, available: Collection[str], requested: list[str] | str | None,
+                          head: tuple[str | None, str] | None = None) -> list[str] | str:
+    """:func:`resolve_target_modules` from a model's type and the short names of its Linear modules.
+
+    ``head``: the output head's short name and how it is built (:func:`tied_note`), so asking to
+    adapt the head is explained as such; without it, the head is only "no Linear module"."""
     from loratk.plugins import get_plugins
 
     if requested == "all-linear":
@@ -42,9 +46,9 @@ def choose_target_modules(model_type: str | None, available: Collection[str],
                 return present
         return sorted(available)
     missing = [name for name in requested if name not in available]
-    head_name = output_head_name(model)
-    if head_name in missing:
-        raise UsageError(f"target module {head_name!r} is the output head{tied_note(model)}; loratk adapts the "
+    head_name, head_note = head or (None, "")
+    if head_name is not None and head_name in missing:
+        raise UsageError(f"target module {head_name!r} is the output head{head_note}; loratk adapts the "
                          "Linear modules inside the transformer blocks, not the head",
                          f"leave {head_name} out of --target_modules; its Linear modules are: {', '.join(sorted(available))}")
     if missing:

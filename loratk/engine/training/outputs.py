@@ -59,11 +59,16 @@ model = PeftModel.from_pretrained(base, "path/to/this/folder")
 """
 
 
-def write_final_adapter(model, tokenizer, output_dir: str | Path, summary: dict[str, Any]) -> Path:
-    """Save adapter + tokenizer + model card into a temporary folder, then rename it to ``final``."""
+def write_final_adapter(model, tokenizer, output_dir: str | Path, summary: dict[str, Any],
+                        initial_adapter: dict | None = None) -> Path:
+    """Save adapter + tokenizer + model card into a temporary folder, then rename it to ``final``.
+
+    ``initial_adapter``: PiSSA/OLoRA's starting adapter, to save against the original base."""
+    from loratk.engine.models.lora_variants import save_adapter
+
     target = Path(output_dir) / FINAL_DIR
     with atomic_directory(target, replace=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        save_adapter(model, tmp, initial_adapter)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(summary), encoding="utf-8")
         (tmp / "loratk_summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")

@@ -30,8 +30,12 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: bool = False):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: bool = False,
+                token_ids: list[int] = (), model_path: str | None = None):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from loratk.engine.models.lora_variants import fit_loftq, lora_config
+    from loratk.engine.models.new_tokens import trainable_token_indices
 
     from loratk.engine.kernels.fused_lora import fuse_lora_layers, learn_shared_inputs
     from loratk.engine.kernels.fused_mlp import fuse_gated_mlps
@@ -53,9 +57,10 @@ def attach_lora(model, config: TrainConfig, targets, quantized: bool, autocast: 
                 param.data = param.data.float()
     elif config.gradient_checkpointing:
         model.enable_input_require_grads()
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora_config(config, targets, trainable_token_indices(model, token_ids) if token_ids
+                                              else None))
+    if config.init_lora_weights == "loftq":
+        fit_loftq(model, model_path)
     fuse_lora_layers(model)  # adapters summed in place; layers reading one input share one product
     fuse_rms_norms(model)  # frozen norms: closed-form backward, no fp32 copy kept
     fuse_gated_mlps(model)  # silu(gate) * up keeps gate and up, not silu(gate) too
@@ -101,6 +106,7 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool, grou
         fp16=precision == "fp16",
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        neftune_noise_alpha=config.neftune_noise_alpha,  # the Trainer adds it in training forwards only
         report_to=[] if config.report_to == "none" else [config.report_to],
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -141,10 +147,14 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     from loratk.engine.training.interrupts import StopOnSignal
     from loratk.engine.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
     from loratk.engine.training.outputs import CURVES_FILE, plot_curves, write_final_adapter
+    from loratk.engine.models.lora_variants import variant_summary
     from loratk.engine.models.precision import choose_precision
     from loratk.engine.training.preflight import check_output_dir, check_writable
     from loratk.engine.training.reporting import MetricsFile, RichProgress
     from loratk.engine.models.targets import resolve_target_modules
+    from loratk.engine.kernels.fused_lora import unfused_targets
+    from loratk.engine.models.lora_variants import initial_state, rewrites_base
+    from loratk.engine.models.new_tokens import add_new_tokens, grow_embeddings
     from loratk.engine.training.trainer import LoratkTrainer
 
     main = is_main_process()
@@ -152,6 +162,7 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     model_path = resolve_model_path(config.model_name_or_path)
     load_config(model_path, config.trust_remote_code)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
+    token_ids = add_new_tokens(tokenizer, config.new_tokens, config.add_special_tokens)  # before tokenizing the data
     data = prepare_data(config, tokenizer)
     precision = choose_precision(config.bf16, config.fp16)
     quantization = config.quantization_name
@@ -164,6 +175,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
                        quant_storage=dtype if using_fsdp() else None)
     if after_load is not None:
         after_load(model)
+    if token_ids:
+        grow_embeddings(model, len(tokenizer))
     model.config.use_cache = False  # padding-free batches need it, and training never uses the cache
     if config.packing is not False:
         use_varlen_attention(model, config.max_seq_length)  # per-example attention, where exact
@@ -172,13 +185,21 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     checkpointing, checkpointing_reason = choose_gradient_checkpointing(model, config)
     config = dataclasses.replace(config, gradient_checkpointing=checkpointing)
     torch.manual_seed(config.seed)
-    model = attach_lora(model, config, targets, quantized=quantization is not None, autocast=precision != "fp32")
+    model = attach_lora(model, config, targets, quantized=quantization is not None, autocast=precision != "fp32",
+                        token_ids=token_ids, model_path=model_path)
+    initial_adapter = initial_state(model) if rewrites_base(config) else None  # PiSSA/OLoRA: saved relative to it
+    forward_paths = unfused_targets(model)
     trainable, total = model.get_nb_trainable_parameters()
 
     # Everything is validated: from here on loratk writes to output_dir (the main process only).
     out = Path(config.output_dir)
     metrics = MetricsFile(out)
     if main:
+        by_reason: dict[str, list[str]] = {}
+        for target, reason in forward_paths.items():
+            by_reason.setdefault(reason, []).append(target)
+        for reason, names in by_reason.items():
+            console.print(f"peft's forward for {', '.join(names)} ({reason}), not loratk's fused LoRA layer")
         check_writable(out, trainable, config.save_total_limit)
         discard_incomplete(out)
         header = f"Written by loratk train. Reproduce this run with:\n  loratk train --recipe {out / RUN_FILE}"
@@ -191,7 +212,7 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     trainer = LoratkTrainer(model=model, args=training_arguments(config, precision, data.eval is not None,
                                                                     group_by_length=not data.stats["packing"]),
                             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
-                            data_collator=data.collator,
+                            data_collator=data.collator, loraplus_lr_ratio=config.loraplus_lr_ratio,
                             callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper])
     trainer.remove_callback(PrinterCallback)  # loratk's progress bar replaces the dict printing
     with stopper.installed():
@@ -220,6 +241,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
         "target_modules": targets,
         "precision": precision,
         "fused_loss": trainer.uses_fused_loss,
+        "unfused_targets": forward_paths,
+        **variant_summary(config, token_ids),
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_reason": checkpointing_reason,
         "attention": model.get_base_model().config._attn_implementation,
@@ -232,7 +255,7 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     }
     final = out / "final"
     if main:
-        write_final_adapter(model, tokenizer, out, summary)
+        write_final_adapter(model, tokenizer, out, summary, initial_adapter)
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         append_line(metrics.path, json.dumps({"step": output.global_step, "summary": True, **numbers}))
         plot_curves(metrics.history, out / CURVES_FILE)

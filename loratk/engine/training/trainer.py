@@ -14,8 +14,9 @@ UNSAFE_CHECKPOINT_HINT = ("resume only from checkpoints this run wrote: move tha
 
 
 class LoratkTrainer(Trainer):
-    def __init__(self, *args, fused_loss: bool = True, **kwargs):
+    def __init__(self, *args, fused_loss: bool = True, loraplus_lr_ratio: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.loraplus_lr_ratio = loraplus_lr_ratio
         self.head_weight = head_weight_if_fusable(self.model) if fused_loss else None
         self.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
         if self.head_weight is not None:
@@ -40,6 +41,20 @@ class LoratkTrainer(Trainer):
                                                  zip(inputs["input_ids"], inputs["position_ids"], inputs["labels"]))
         count = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
         self.state.num_input_tokens_seen += self.accelerator.gather(count).sum().item()
+
+    def create_optimizer(self, model=None):
+        """LoRA+ (``loraplus_lr_ratio``): peft's parameter groups, lora_B (and DoRA's magnitudes) at
+        ratio x the learning rate, with the optimizer the arguments choose."""
+        if self.loraplus_lr_ratio is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model if model is None else model)
+        kwargs = {key: value for key, value in kwargs.items() if key != "lr"}
+        self.optimizer = create_loraplus_optimizer(self.model if model is None else model, optimizer_cls,
+                                                   lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
+                                                   loraplus_weight_decay=self.args.weight_decay, **kwargs)
+        return self.optimizer
 
     @property
     def uses_fused_loss(self) -> bool:

@@ -10,7 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from loratk.engine.kernels import fused_lora
-from loratk.engine.kernels.fused_lora import FusedLoraForward, fuse_lora_layers, lora_delta
+from loratk.engine.kernels.fused_lora import FusedLoraForward, fuse_lora_layers, lora_delta, unfused_targets
 from loratk.engine.kernels.lora_dropout import dropped_units
 from loratk.engine.memory.measure import kept_for_backward
 
@@ -104,8 +104,16 @@ def logits_and_gradients(model):
     return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_fusing_keeps_names_outputs_and_gradients():
-    model = tiny_peft(dropout=0.0)  # no dropout: the same numbers as peft's path, up to rounding
+# rsLoRA and per-module ranks/alphas change only each layer's rank and scaling, which the fused
+# layers read from peft's layer: they take the fused path, proven equal to peft's here.
+SCALING_VARIANTS = {"plain": {}, "rslora": {"use_rslora": True},
+                    "patterns": {"use_rslora": True, "rank_pattern": {"k_proj": 2, "down_proj": 6},
+                                 "alpha_pattern": {"q_proj": 3.0, "up_proj": 32.0}}}
+
+
+@pytest.mark.parametrize("variant", list(SCALING_VARIANTS))
+def test_fusing_keeps_names_outputs_and_gradients(variant):
+    model = tiny_peft(dropout=0.0, **SCALING_VARIANTS[variant])  # no dropout: peft's numbers, up to rounding
     names = [n for n, _ in model.named_parameters()]
     logits, grads = logits_and_gradients(model.train())
     assert fuse_lora_layers(model) == 14
@@ -119,6 +127,13 @@ def test_fusing_keeps_names_outputs_and_gradients():
         for name in grads:
             torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-4)
     assert fuse_lora_layers(model) == 0  # once is enough
+    assert unfused_targets(model) == {}
+
+
+def test_layers_of_a_variant_are_named_with_the_reason():
+    model = tiny_peft(dropout=0.0, use_dora=True)
+    fuse_lora_layers(model)
+    assert unfused_targets(model) == {name: "DoRA variant" for name in TARGETS}
 
 
 @pytest.fixture

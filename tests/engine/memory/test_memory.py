@@ -142,7 +142,8 @@ def test_largest_fitting_is_the_edge(llama7b):
     assert largest_fitting(llama7b, settings, 2 * 2**30, "batch_size", 4096) == 0  # weights alone are more
 
 
-def test_estimate_matches_a_measured_training_run(tmp_path):
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}], ids=["lora", "dora"])
+def test_estimate_matches_a_measured_training_run(tmp_path, variant):
     """A small version of benchmarks/memory_accuracy.py: one real `loratk train` on CPU, measured in a
     fresh interpreter so that what ran earlier in this process cannot change the count."""
     from loratk.config.train_config import TrainConfig
@@ -155,7 +156,7 @@ def test_estimate_matches_a_measured_training_run(tmp_path):
     data.write_text("".join(json.dumps({"text": "lamp river stone quiet " * 200}) + "\n" for _ in range(4)))
     values = dict(model_name_or_path=str(model), dataset_path=[str(data)], output_dir=str(tmp_path / "out"),
                   bf16=False, per_device_train_batch_size=2, max_seq_length=256, max_steps=2,
-                  gradient_accumulation_steps=1, logging_steps=1, save_steps=100)
+                  gradient_accumulation_steps=1, logging_steps=1, save_steps=100, **variant)
     measured = in_fresh_process(measured_training_peak, values)
     config = TrainConfig.from_mapping(values)
     meta = build_meta_model(str(model))
