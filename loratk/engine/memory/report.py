@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from loratk.engine.memory.estimate import (ATTENTION_IMPLEMENTATIONS, MemorySettings, estimate, largest_fitting,
-                                  model_shape, quantization_storage)
+from loratk.engine.memory.estimate import (ATTENTION_IMPLEMENTATIONS, TRAIN_OPTIMIZERS, MemorySettings, estimate,
+                                           largest_fitting, model_shape, quantization_storage)
 from loratk.errors import UsageError
 
 
-def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "adamw",
+def settings_for(meta_model, config, device: str = "cuda", optimizer: str | None = None,
                  attn_implementation: str = "sdpa") -> MemorySettings:
-    """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``."""
+    """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``
+    (``optimizer``: the estimate's name; by default the one ``config.optim`` trains with)."""
     from loratk.engine.models.targets import resolve_target_modules
 
     if config.fp16:
@@ -31,11 +32,12 @@ def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "ada
         targets=targets if isinstance(targets, str) else tuple(targets), lora_dropout=config.lora_dropout,
         precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
         row_scale_bytes=row_bytes, gradient_checkpointing=bool(config.gradient_checkpointing),
-        gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        optimizer=optimizer or TRAIN_OPTIMIZERS[getattr(config, "optim", "adamw_torch_fused")],
         attn_implementation=attn_implementation)
 
 
-def memory_report(meta, config, *, device: str = "cuda", optimizer: str = "adamw",
+def memory_report(meta, config, *, device: str = "cuda", optimizer: str | None = None,
                   attn_implementation: str | None = None, budget: int | None = None) -> dict[str, Any]:
     """The estimate as plain data; with ``budget`` (bytes) also whether it fits and the largest batch/length."""
     model = meta.model
