@@ -33,6 +33,14 @@ def check_output_dir(config: TrainConfig) -> Path | None:
     return None
 
 
+def check_sharding(fsdp: bool, cuda: bool) -> None:
+    """accelerate turns FSDP on for GPU backends only: on CPU an FSDP config would quietly run as DDP."""
+    if fsdp and not cuda:
+        raise UsageError("an FSDP accelerate config needs GPUs: on CPU accelerate would run it as plain DDP, "
+                         "every process holding the whole model",
+                         "on CPU launch with configs/accelerate/cpu-2proc.yaml (or torchrun)")
+
+
 def check_optimizer(config: TrainConfig, cuda: bool) -> None:
     """Refuse an optimizer this machine cannot run before anything is loaded."""
     if config.optim == "paged_adamw_8bit" and not cuda:
