@@ -180,3 +180,25 @@ def test_packing_can_be_turned_off(tiny_llama):
     on = PreparedData(examples, examples, None, "text", {}, packing=None, max_seq_length=32)
     on.arrange_for(tiny_llama)
     assert on.stats["packing"] is True and len(on.train) == 1 and len(on.eval) == 1
+
+
+@pytest.mark.cuda
+def test_cuda_one_row_batch_losses_equal_stacked_rows(tiny_model):
+    """On the GPU one row goes through one varlen flash call per layer; stacked rows through
+    transformers' masked sdpa: the same loss and logits, to bf16 rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from loratk.engine.kernels.attention import use_varlen_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).cuda().eval()
+    model.config.use_cache = False
+    examples = random_examples(model.config.vocab_size, [17, 9, 30, 5, 12, 21, 40])
+    rows = [row for row in pack_rows(examples, capacity=48)]
+    to_cuda = lambda batch: {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    with torch.no_grad():
+        stacked = model(**to_cuda(PackedCollator(pad_token_id=0)(rows)))
+        assert use_varlen_attention(model, max_seq_length=48)
+        one = model(**to_cuda(PackedCollator(pad_token_id=0, one_row=True)(rows)))
+    torch.testing.assert_close(one.loss.float(), stacked.loss.float(), atol=2e-2, rtol=2e-2)
+    real = [stacked.logits[i, :len(row["input_ids"])] for i, row in enumerate(rows)]
+    torch.testing.assert_close(one.logits[0].float(), torch.cat(real).float(), atol=0.1, rtol=0.05)

@@ -359,3 +359,35 @@ def test_a_deep_copy_keeps_the_grouping_and_nothing_pending():
     assert siblings._pending == {} and siblings._input is None
     with torch.no_grad():
         torch.testing.assert_close(copied(input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_cuda_fused_layers_equal_peft_s_and_make_no_host_sync(p, tiny_model_factory):
+    """A peft model on the GPU in bf16 autocast, fused and not: same outputs and adapter gradients
+    (dropout off), and the fused forward synchronises with the host nowhere in loratk's code."""
+    from loratk.testing import loratk_syncs, syncs_reported
+
+    path = tiny_model_factory("llama")
+    models = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16),
+                               LoraConfig(r=8, lora_dropout=p, target_modules=TARGETS, init_lora_weights=False))
+        if fused:
+            assert fuse_lora_layers(model) == 2 * len(TARGETS)
+        models.append(model.cuda().train())
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0)).cuda()
+    outputs = []
+    for index, model in enumerate(models):
+        with torch.autocast("cuda", dtype=torch.bfloat16), syncs_reported() as syncs:
+            logits = model(input_ids=ids).logits
+        if index == 1:
+            assert not loratk_syncs(syncs), loratk_syncs(syncs)
+        logits.float().square().mean().backward()
+        outputs.append(logits.float())
+    if not p:
+        torch.testing.assert_close(outputs[1], outputs[0], atol=0.05, rtol=0.02)
+        for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
+            if a.requires_grad:
+                torch.testing.assert_close(b.grad, a.grad, atol=0.05, rtol=0.05, msg=name)

@@ -1,0 +1,421 @@
+"""One command for a GPU window: is loratk right and fast on CUDA? Prints one markdown table.
+
+    python benchmarks/gpu_check.py            # one H100/H200-class GPU: under 8 minutes, no network
+    python benchmarks/gpu_check.py --smoke    # CPU, tiny shapes: keeps this script working between windows
+    python benchmarks/gpu_check.py --sections throughput,memory   # a part again
+
+Sections (each a subprocess or a few, so peaks and failures stay their own):
+  install     datasets, bitsandbytes and trl, where the machine lacks them, from the wheels in
+              ``.whl/`` (see the README's GPU section for the ``pip download`` line) into a temporary
+              folder put on PYTHONPATH; loratk itself runs from this checkout.
+  tests       ``pytest -m cuda`` over the CUDA tests (packed vs separate attention, fused vs peft
+              LoRA, bnb 4-bit step, resume equality, 8-bit optimizers); they skip without a GPU.
+  throughput  loratk vs TRL SFTTrainer (+peft, packing with padding_free), interleaved, bf16, same
+              data (variable-length prompt/completion rows) and LoRA (rank 8, all seven projections):
+              SmolLM2-135M-shaped and Llama-3-8B-shaped models with random weights (LoRA; the 8B also
+              4-bit QLoRA), a word-level test tokenizer (nothing is downloadable there). Real tokens/s after a warm-up step, peak allocated/reserved, MFU against
+              the bf16 matmul peak measured in this run.
+  memory      ``estimate-memory`` (the tensor peak) vs ``torch.cuda.max_memory_allocated`` for 8
+              settings of a TinyLlama-1.1B-shaped model (16/8/4-bit, checkpointing, ranks, lengths,
+              8-bit optimizers), via benchmarks/memory_accuracy.py's measurement.
+  fsdp        the shipped FSDP and FSDP-QLoRA accelerate configs on one GPU: the losses of a plain run.
+Targets (8B runs): >= 1.5x TRL's tokens/s at no more peak memory, MFU >= 40%; estimates within 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from machine import describe  # noqa: E402  benchmarks/machine.py, beside this script
+
+SECTIONS = ("install", "tests", "throughput", "memory", "fsdp")
+NEEDED = ("datasets", "bitsandbytes", "trl")  # the GPU machine has torch, transformers, peft, accelerate
+# The CUDA-marked tests (tests/benchmarks/test_gpu_check.py checks this list against the suite).
+CUDA_TESTS = ("tests/engine/kernels/test_attention.py", "tests/engine/kernels/test_fused_lora.py",
+              "tests/engine/data/test_packing.py", "tests/cli/test_train_cuda.py")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, max_position_embeddings=8192,
+                    rms_norm_eps=1e-5, tie_word_embeddings=True)
+LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+                 rms_norm_eps=1e-5, tie_word_embeddings=False)
+TINYLLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                    num_key_value_heads=4, vocab_size=32000)
+SMOKE_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=512)
+# memory settings: name -> loratk train options (every example exactly max_seq_length tokens)
+MEMORY_SETTINGS = [
+    ("16-bit r8 s1024 b4", dict(per_device_train_batch_size=4, max_seq_length=1024)),
+    ("16-bit ckpt r8 s1024 b4", dict(per_device_train_batch_size=4, max_seq_length=1024,
+                                     gradient_checkpointing=True)),
+    ("16-bit r64 s1024 b4", dict(per_device_train_batch_size=4, max_seq_length=1024, lora_rank=64)),
+    ("16-bit r8 s4096 b1", dict(per_device_train_batch_size=1, max_seq_length=4096)),
+    ("4-bit r8 s1024 b4", dict(per_device_train_batch_size=4, max_seq_length=1024, use_4bit=True)),
+    ("4-bit ckpt r64 s4096 b1", dict(per_device_train_batch_size=1, max_seq_length=4096, use_4bit=True,
+                                     gradient_checkpointing=True, lora_rank=64)),
+    ("8-bit r8 s1024 b4", dict(per_device_train_batch_size=4, max_seq_length=1024, use_8bit=True)),
+    ("4-bit paged_adamw_8bit r8 s1024 b4", dict(per_device_train_batch_size=4, max_seq_length=1024,
+                                                use_4bit=True, optim="paged_adamw_8bit")),
+]
+
+
+# -- install --------------------------------------------------------------------------------------
+def missing_packages() -> list[str]:
+    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def install_from_wheels(wheels: Path, target: Path) -> str:
+    """Install every carried wheel whose distribution this Python lacks into ``target`` (no index,
+    no dependency resolution: the wheels were picked for this machine). Returns what it did."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    files = sorted(wheels.glob("*.whl"))
+    if not files:
+        raise SystemExit(f"missing {', '.join(missing_packages())} and no wheels in {wheels}: see the README's "
+                         "GPU section for the pip download line")
+    chosen = []
+    for wheel in files:
+        distribution = wheel.name.split("-")[0]
+        try:
+            version(distribution)
+        except PackageNotFoundError:
+            chosen.append(wheel)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
+                    str(target), *map(str, chosen)], check=True)
+    return ", ".join(w.name.split("-")[0] + " " + w.name.split("-")[1] for w in chosen)
+
+
+# -- workers (each runs in its own process) -------------------------------------------------------
+def build_llama(path: Path, shape: dict, cuda: bool) -> str:
+    """A Llama of ``shape`` with random bf16 weights (made on the GPU, where there is one) and loratk's
+    test tokenizer (one token per word: the GPU machine has no real tokenizer offline)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = globals()["tokenizer"]()
+    config = AutoConfig.for_model("llama", eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                                  pad_token_id=tokenizer.pad_token_id, **shape)
+    torch.manual_seed(0)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(path, max_shard_size="10GB")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def run_loratk(job: dict, out: str) -> dict:
+    from rich.console import Console
+
+    from loratk.config.train_config import TrainConfig
+    from loratk.engine.training.run import train
+
+    config = TrainConfig(model_name_or_path=job["model"], dataset_path=[job["data"]], output_dir=out,
+                         max_steps=job["steps"], per_device_train_batch_size=job["batch"],
+                         gradient_accumulation_steps=1, max_seq_length=job["max_len"], target_modules=",".join(TARGETS),
+                         lora_rank=8, lora_alpha=16, lora_dropout=0.05, learning_rate=1e-4, bf16=job["bf16"],
+                         gradient_checkpointing=job["checkpointing"], save_steps=10**6, logging_steps=10**6,
+                         use_4bit=job["quantized"])
+    with open(os.devnull, "w") as sink:
+        summary = train(config, Console(file=sink)).summary
+    return {"attention": summary["attention"], "checkpointing": summary["gradient_checkpointing"]}
+
+
+def run_trl(job: dict, out: str) -> dict:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from loratk.engine.models.loading import resolve_model_path
+
+    path = resolve_model_path(job["model"])
+    dtype = torch.bfloat16 if job["bf16"] else torch.float32
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=dtype) if job["quantized"] else None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization,
+                                                 device_map={"": 0} if torch.cuda.is_available() else None)
+    args = SFTConfig(output_dir=out, max_steps=job["steps"], per_device_train_batch_size=job["batch"],
+                     max_length=job["max_len"], packing=True, padding_free=True, bf16=job["bf16"],
+                     gradient_checkpointing=job["checkpointing"], learning_rate=1e-4, report_to=[],
+                     save_strategy="no", logging_steps=10**6, disable_tqdm=True,
+                     use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="all")
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=load_dataset("json", data_files=job["data"],
+                                                                             split="train"),
+                         processing_class=AutoTokenizer.from_pretrained(path), peft_config=lora)
+    trainer.train()
+    return {"attention": model.config._attn_implementation, "checkpointing": job["checkpointing"]}
+
+
+def worker(job: dict) -> dict:
+    from loratk.engine.quiet import quiet_libraries
+
+    quiet_libraries()
+    if job["kind"] == "build":
+        return {"path": build_llama(Path(job["path"]), job["shape"], job["cuda"])}
+    import torch
+    import transformers.trainer
+    from train_throughput import step_clock, timed
+
+    clock = step_clock()
+    transformers.trainer.DEFAULT_CALLBACKS.append(clock)  # every Trainer of this process gets it
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            result = (run_loratk if job["kind"] == "loratk" else run_trl)(job, out)
+    finally:
+        transformers.trainer.DEFAULT_CALLBACKS.remove(clock)
+    result.update(timed(clock.marks))
+    if torch.cuda.is_available():
+        result.update(allocated=torch.cuda.max_memory_allocated(), reserved=torch.cuda.max_memory_reserved())
+    else:
+        from loratk.engine.memory.measure import peak_memory_mb
+
+        result.update(allocated=peak_memory_mb()["peak_rss_mb"] * 2**20, reserved=None)
+    return result
+
+
+def spawn(job: dict, timeout: float | None = None, in_process: bool = False) -> dict:
+    """Run one worker job in a fresh process (``in_process``: in this one, as --smoke does to stay
+    quick); its result, or {"error": the last lines of its stderr}."""
+    if in_process:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is the table's
+                return worker(job)
+        except (Exception, SystemExit) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"[-400:]}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        return {"error": " | ".join(proc.stderr.strip().splitlines()[-3:])[-400:]}
+    return json.loads(line[len("RESULT "):])
+
+
+def tokenizer():
+    from loratk.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+# -- sections -------------------------------------------------------------------------------------
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, section: str, check: str, loratk: str, baseline: str, result: str, target: str) -> None:
+        self.rows.append((section, check, loratk, baseline, result, target))
+        print(" | ".join(self.rows[-1]), file=sys.stderr, flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| section | check | loratk | baseline | result | target |", "| --- | --- | ---: | ---: | --- | --- |"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
+
+
+def run_tests(table: Table, smoke: bool) -> None:
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:randomly", "-p",
+                           "no:cacheprovider", *CUDA_TESTS], capture_output=True, text=True, cwd=ROOT)
+    summary = (proc.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+    failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.MULTILINE)
+    verdict = "ok" if proc.returncode == 0 else ("failed: " + ", ".join(failed))[:300] or f"rc {proc.returncode}"
+    table.add("tests", "pytest -m cuda", summary, "", f"{verdict} ({time.time() - started:.0f} s)",
+              "all pass" if not smoke else "all skip on CPU")
+
+
+def throughput_jobs(smoke: bool, models: dict[str, str], data: str) -> list[tuple[str, dict]]:
+    """(label, job) pairs; loratk and TRL of one setting run back to back, in alternating order."""
+    cuda = not smoke
+    plans = [("SmolLM2-135M LoRA", models["small"], False, 2048, 8),
+             ("Llama-3-8B-shape LoRA", models["8b"], False, 2048, 4),
+             ("Llama-3-8B-shape QLoRA 4-bit", models["8b"], True, 2048, 4)]
+    jobs = []
+    for index, (label, model, quantized, max_len, batch) in enumerate(plans):
+        base = dict(model=model, data=data, quantized=quantized, bf16=cuda, checkpointing=False,
+                    max_len=64 if smoke else max_len, batch=2 if smoke else batch, steps=2 if smoke else 12)
+        order = ("loratk", "trl") if index % 2 == 0 else ("trl", "loratk")
+        jobs += [(label, {**base, "kind": kind}) for kind in order]
+    return jobs
+
+
+def run_throughput(table: Table, smoke: bool, work: Path) -> None:
+    import torch
+    from train_throughput import build_dataset, flops_per_token, matmul_peak
+
+    cuda = torch.cuda.is_available() and not smoke
+    data = work / "data.jsonl"
+    build_dataset(data, 10**9)  # every stdlib docstring row, repeated up to the tokens wanted
+    rows = data.read_text().splitlines()
+    lengths = [len(tokenizer()(json.loads(l)["prompt"] + "\n" + json.loads(l)["completion"])["input_ids"])
+               for l in rows]
+    wanted = 3000 if smoke else 600_000  # tokens: enough for every run's steps, one epoch
+    data.write_text("\n".join(rows * -(-wanted // sum(lengths))) + "\n")
+    models = {}
+    for key, shape in (("small", SMOLLM2_135M), ("8b", LLAMA3_8B)):  # tiny shapes stand in for both in --smoke
+        built = spawn({"kind": "build", "path": str(work / key), "shape": SMOKE_LLAMA if smoke else shape,
+                       "cuda": cuda}, in_process=smoke)
+        if "error" in built:
+            table.add("throughput", f"build the {key} model", "", "", "failed: " + built["error"], "")
+            return
+        models[key] = built["path"]
+    peak = matmul_peak("bfloat16", size=256 if smoke else 8192, repeats=3 if smoke else 20)
+    results: dict[tuple[str, str], dict] = {}
+    for label, job in throughput_jobs(smoke, models, str(data)):
+        result = spawn(job, in_process=smoke)
+        if "error" not in result:
+            result["rate"] = result["tokens"] / result["seconds"]
+        results[(label, job["kind"])] = result
+        print(f"{label} {job['kind']}: {result}", file=sys.stderr, flush=True)
+    for label in dict.fromkeys(label for label, _ in results):
+        ours, trl = results[(label, "loratk")], results[(label, "trl")]
+        model = models["8b" if "8B" in label else "small"]
+        per_token = flops_per_token(model, avg_context=statistics.mean(lengths) / 2)
+        if "error" in ours or "error" in trl:
+            table.add("throughput", label, ours.get("error", "ok")[:200], trl.get("error", "ok")[:200], "failed", "")
+            continue
+        speed, memory = ours["rate"] / trl["rate"], ours["allocated"] / trl["allocated"]
+        mfu = ours["rate"] * per_token / peak
+        target = "speed >= 1.5x, memory <= 1.0x, MFU >= 40%" if "8B" in label else ""
+        table.add("throughput", f"{label}: tokens/s", f"{ours['rate']:,.0f}", f"{trl['rate']:,.0f}",
+                  f"{speed:.2f}x", target)
+        table.add("throughput", f"{label}: peak allocated / reserved GiB", _gib(ours), _gib(trl),
+                  f"{memory:.2f}x allocated", "")
+        table.add("throughput", f"{label}: MFU (bf16 matmul peak {peak / 1e12:,.1f} TFLOP/s)",
+                  f"{100 * mfu:.0f}%", f"{100 * trl['rate'] * per_token / peak:.0f}%",
+                  f"attention {ours['attention']} vs {trl['attention']}", "")
+
+
+def _gib(result: dict) -> str:
+    reserved = result.get("reserved")
+    return f"{result['allocated'] / 2**30:.2f} / " + (f"{reserved / 2**30:.2f}" if reserved else "-")
+
+
+def run_memory(table: Table, smoke: bool, work: Path) -> None:
+    import memory_accuracy
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
+    settings = MEMORY_SETTINGS if not smoke else [  # a 16-bit and a 4-bit one: the code paths, not the numbers
+        (name, {**options, "max_seq_length": 64, "per_device_train_batch_size": 2, "bf16": False})
+        for name, options in (MEMORY_SETTINGS[0], MEMORY_SETTINGS[4])]
+    model = str(memory_accuracy.build_llama(work / "memory-model", SMOKE_LLAMA if smoke else TINYLLAMA_1B))
+    data = memory_accuracy.write_data(work / "memory-data.jsonl")
+    for name, options in settings:
+        job = dict(model=model, data=str(data), out=str(work / "memory-out"), options=options)
+        if smoke:  # in this process, to stay quick (the CPU count starts once the model is loaded)
+            measured = memory_accuracy.measure(model, data, work / "memory-out", options)
+        else:
+            child = subprocess.run([sys.executable, str(HERE / "memory_accuracy.py"), "--measure", json.dumps(job)],
+                                   capture_output=True, text=True)
+            if child.returncode != 0:
+                table.add("memory", name, "", "", "failed: " + child.stderr.strip()[-300:], "")
+                continue
+            measured = json.loads(child.stdout.strip().splitlines()[-1])["peak"]
+        estimated = memory_accuracy.estimate(model, data, work / "memory-out", options, device)
+        ratio = estimated / measured
+        table.add("memory", f"TinyLlama-1.1B shape {name}" if not smoke else f"{name} (smoke: s64 b2 fp32)", f"{estimated / 2**20:,.0f} MiB",
+                  f"{measured / 2**20:,.0f} MiB", f"{ratio:.3f}", "0.90-1.10")
+
+
+def run_fsdp(table: Table, smoke: bool, work: Path) -> None:
+    import torch
+
+    if smoke or not torch.cuda.is_available():
+        table.add("fsdp", "fsdp.yaml / fsdp-qlora.yaml on 1 GPU", "", "", "skipped: needs a GPU", "")
+        return
+    data = work / "fsdp-data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"example {i} says the word {w}"}) + "\n"
+                            for i, w in enumerate("alpha beta gamma delta epsilon zeta eta theta".split() * 4)))
+    common = ["-m", "loratk", "train", str(data), "--max_steps", "4", "--gradient_accumulation_steps", "1",
+              "--per_device_train_batch_size", "4", "--lora_dropout", "0", "--logging_steps", "1",
+              "--learning_rate", "1e-3", "--seed", "7", "--bf16", "--overwrite"]
+    for config, extra in (("fsdp.yaml", []), ("fsdp-qlora.yaml", ["--use_4bit"])):
+        runs = {}
+        for name, launcher in (("plain", [sys.executable]),
+                               ("fsdp", ["accelerate", "launch", "--config_file",
+                                         str(ROOT / "configs" / "accelerate" / config), "--num_processes", "1"])):
+            out = work / f"fsdp-{config}-{name}"
+            proc = subprocess.run([*launcher, *common, "--output_dir", str(out), *extra], capture_output=True,
+                                  text=True, cwd=ROOT, timeout=300)
+            runs[name] = (_losses(out) if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1:])
+        ok = all(isinstance(v, list) and v for v in runs.values())
+        gap = max(abs(a - b) / abs(b) for a, b in zip(runs["fsdp"], runs["plain"])) if ok else None
+        table.add("fsdp", f"{config} on 1 GPU: losses vs a plain run", str(runs["fsdp"])[:120],
+                  str(runs["plain"])[:120], f"max relative gap {gap:.1e}" if ok else "failed", "< 1e-2 (bf16)")
+
+
+def _losses(out: Path) -> list[float]:
+    return [round(json.loads(line)["loss"], 4) for line in (out / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, seconds: checks the script works")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    parser.add_argument("--wheels", default=str(ROOT / ".whl"), help="folder of wheels for what the machine lacks")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: a JSON job for a child process
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    started = time.time()
+    table = Table()
+    work = Path(tempfile.mkdtemp(prefix="loratk-gpu-check-"))
+    if "install" in sections:
+        missing = missing_packages()
+        if missing:  # install, then run this script again with them importable (children inherit it)
+            target = work / "site"
+            done = install_from_wheels(Path(args.wheels), target)
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), str(ROOT),
+                                                                     os.environ.get("PYTHONPATH")]))
+            print(f"installed into {target}: {done}", file=sys.stderr, flush=True)
+            rest = ",".join(s for s in sections if s != "install") or "none"
+            again = [sys.executable, __file__, "--sections", rest, "--wheels", args.wheels,
+                     *(["--smoke"] if args.smoke else [])]
+            return subprocess.run(again).returncode
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    for name, run in (("tests", run_tests), ("throughput", run_throughput), ("memory", run_memory),
+                      ("fsdp", run_fsdp)):
+        if name in sections:
+            print(f"{name}: starting at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+            try:
+                run(table, args.smoke) if name == "tests" else run(table, args.smoke, work)
+            except Exception as exc:  # one broken section must not hide the others' results
+                table.add(name, "section", "", "", f"failed: {type(exc).__name__}: {exc}"[:300], "")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    import transformers
+
+    print(f"\n{time.strftime('%Y-%m-%d')}, {gpu}, torch {torch.__version__}, transformers {transformers.__version__}"
+          f"{', smoke (CPU, tiny shapes)' if args.smoke else ''}; {describe()}; {time.time() - started:.0f} s\n")
+    print(table.markdown())
+    return 0 if not any(row[4].startswith("failed") for row in table.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
