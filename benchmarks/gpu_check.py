@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(ROOT)]  # this checkout's loratk, whatever is installed
 from machine import describe  # noqa: E402  benchmarks/machine.py, beside this script
 
 SECTIONS = ("install", "tests", "throughput", "memory", "fsdp")

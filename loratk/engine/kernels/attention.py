@@ -12,8 +12,8 @@ an attention function that needs no mask:
 - elsewhere (CPU, or a torch without it) the row is cut at the example boundaries and each example
   goes to the faster of two kernels: on CPU in bfloat16 loratk's blocked batched-matmul kernel
   (``loratk.engine.kernels.matmul_attention``), elsewhere sdpa's memory-efficient (flash) kernel.
-  (FlexAttention runs on CPU only compiled, about a minute per shape on 2 cores:
-  ``benchmarks/packed_attention.py``.)
+  On CPU this is 4-6x faster than one sdpa call with a block-diagonal mask over the row, and
+  FlexAttention has no backward on CPU (torch 2.13): ``benchmarks/packed_attention.py``.
 """
 
 from __future__ import annotations
