@@ -44,7 +44,10 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # this checkout's loratk, whatever is ins
 from machine import describe  # noqa: E402  benchmarks/machine.py, beside this script
 
 SECTIONS = ("install", "tests", "throughput", "memory", "fsdp")
-NEEDED = ("datasets", "bitsandbytes", "trl")  # the GPU machine has torch, transformers, peft, accelerate
+# What loratk, its CUDA tests and the TRL baseline import that the GPU machine (torch, transformers, peft,
+# accelerate, safetensors, tokenizers, pyarrow) may lack. matplotlib is not carried (too big for the
+# 64 MiB of wheels): without it loratk skips its curves PNG.
+NEEDED = ("datasets", "bitsandbytes", "trl", "pytest", "rich", "pluggy", "click", "yaml")
 # The CUDA-marked tests (tests/benchmarks/test_gpu_check.py checks this list against the suite).
 CUDA_TESTS = ("tests/engine/kernels/test_attention.py", "tests/engine/kernels/test_fused_lora.py",
               "tests/engine/data/test_packing.py", "tests/cli/test_train_cuda.py")
@@ -234,9 +237,13 @@ class Table:
 
 
 def run_tests(table: Table, smoke: bool) -> None:
+    from importlib.metadata import entry_points
+
     started = time.time()
+    # loratk's fixtures come from its pytest11 entry point where it is installed; from a bare checkout, by name
+    fixtures = [] if any(ep.name == "loratk" for ep in entry_points(group="pytest11")) else ["-p", "loratk.pytest_plugin"]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:randomly", "-p",
-                           "no:cacheprovider", *CUDA_TESTS], capture_output=True, text=True, cwd=ROOT)
+                           "no:cacheprovider", *fixtures, *CUDA_TESTS], capture_output=True, text=True, cwd=ROOT)
     summary = (proc.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
     failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.MULTILINE)
     verdict = "ok" if proc.returncode == 0 else ("failed: " + ", ".join(failed))[:300] or f"rc {proc.returncode}"
@@ -348,16 +355,19 @@ def run_fsdp(table: Table, smoke: bool, work: Path) -> None:
     if smoke or not torch.cuda.is_available():
         table.add("fsdp", "fsdp.yaml / fsdp-qlora.yaml on 1 GPU", "", "", "skipped: needs a GPU", "")
         return
+    from loratk.testing import build_tiny_model
+
+    model = build_tiny_model(work / "fsdp-model", "llama")
     data = work / "fsdp-data.jsonl"
     data.write_text("".join(json.dumps({"text": f"example {i} says the word {w}"}) + "\n"
                             for i, w in enumerate("alpha beta gamma delta epsilon zeta eta theta".split() * 4)))
-    common = ["-m", "loratk", "train", str(data), "--max_steps", "4", "--gradient_accumulation_steps", "1",
+    common = ["-m", "loratk", "train", str(data), "--model", str(model), "--max_steps", "4", "--gradient_accumulation_steps", "1",
               "--per_device_train_batch_size", "4", "--lora_dropout", "0", "--logging_steps", "1",
               "--learning_rate", "1e-3", "--seed", "7", "--bf16", "--overwrite"]
     for config, extra in (("fsdp.yaml", []), ("fsdp-qlora.yaml", ["--use_4bit"])):
         runs = {}
         for name, launcher in (("plain", [sys.executable]),
-                               ("fsdp", ["accelerate", "launch", "--config_file",
+                               ("fsdp", [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                                          str(ROOT / "configs" / "accelerate" / config), "--num_processes", "1",
                                          "--main_process_port", "29611"])):
             out = work / f"fsdp-{config}-{name}"
