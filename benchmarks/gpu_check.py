@@ -44,6 +44,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # this checkout's loratk, whatever is ins
 from machine import describe  # noqa: E402  benchmarks/machine.py, beside this script
 
 SECTIONS = ("install", "tests", "throughput", "memory", "fsdp")
+INSTALLED = "LORATK_GPU_CHECK_INSTALLED"  # set for the second run, after installing from wheels
 # What loratk, its CUDA tests and the TRL baseline import that the GPU machine (torch, transformers, peft,
 # accelerate, safetensors, tokenizers, pyarrow) may lack. matplotlib is not carried (too big for the
 # 64 MiB of wheels): without it loratk skips its curves PNG.
@@ -410,10 +411,16 @@ def main() -> int:
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), str(ROOT),
                                                                      os.environ.get("PYTHONPATH")]))
             print(f"installed into {target}: {done}", file=sys.stderr, flush=True)
-            rest = ",".join(s for s in sections if s != "install") or "none"
+            os.environ[INSTALLED] = done  # the run below reports it, and installs nothing again
+            rest = ",".join(s for s in sections if s != "install")
             again = [sys.executable, __file__, "--sections", rest, "--wheels", args.wheels,
                      *(["--smoke"] if args.smoke else [])]
             return subprocess.run(again).returncode
+        table.add("install", "packages the machine lacks", "none missing", "", "ok", "")
+    if INSTALLED in os.environ:
+        missing = missing_packages()
+        table.add("install", "packages the machine lacks", os.environ[INSTALLED] or "nothing", "",
+                  f"failed: still missing {', '.join(missing)}" if missing else "ok", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch

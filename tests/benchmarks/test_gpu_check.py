@@ -33,7 +33,8 @@ def test_smoke_mode_runs_every_section_on_cpu_and_prints_one_table():
     assert lines[-len(table):] == table, "the table ends the output, with nothing else on stdout after it"
     assert "smoke" in lines[0] and "torch" in lines[0]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
-    assert {row[0] for row in rows} == {"tests", "throughput", "memory", "fsdp"}
+    assert [row[0] for row in rows][:2] == ["install", "tests"]  # in section order
+    assert {row[0] for row in rows} == {"install", "tests", "throughput", "memory", "fsdp"}
     tests = next(row for row in rows if row[0] == "tests")
     assert "skipped" in tests[2] and tests[4].startswith("ok")  # CUDA tests skip on CPU, none fail
     speeds = [row for row in rows if row[0] == "throughput" and row[1].endswith("tokens/s")]
@@ -42,6 +43,36 @@ def test_smoke_mode_runs_every_section_on_cpu_and_prints_one_table():
     memory = [row for row in rows if row[0] == "memory"]
     assert len(memory) == 2 and all(0.5 < float(row[4]) < 2.5 for row in memory)
     assert not any(row[4].startswith("failed") for row in rows)
+
+
+def wheel(folder: Path, distribution: str) -> Path:
+    """A minimal pure-Python wheel of ``distribution`` 1.0 with one module of its name."""
+    import zipfile
+
+    path = folder / f"{distribution}-1.0-py3-none-any.whl"
+    info = f"{distribution}-1.0.dist-info"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{distribution}.py", "VALUE = 1\n")
+        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def test_only_the_wheels_of_missing_distributions_are_installed(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel(wheels, "loratk_absent_probe")
+    wheel(wheels, "pytest")  # installed here: left alone
+    done = gpu_check.install_from_wheels(wheels, tmp_path / "site")
+    assert done == "loratk_absent_probe 1.0"
+    assert (tmp_path / "site" / "loratk_absent_probe.py").is_file()
+    assert not (tmp_path / "site" / "pytest.py").exists()
 
 
 def test_an_unknown_section_is_refused():
