@@ -52,7 +52,9 @@ def test_resume_on_cuda_repeats_the_uninterrupted_run(text_data, tiny_model, tmp
     one = load_file(full / "final" / "adapter_model.safetensors")
     two = load_file(resumed / "final" / "adapter_model.safetensors")
     assert one.keys() == two.keys()
-    assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < 1e-6
+    # flash attention's backward accumulates with atomics (not bit-reproducible); other dropout masks
+    # would move the adapters by about the learning rate (1e-2)
+    assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < 1e-3
 
 
 def test_packed_and_padded_runs_see_the_same_first_loss(text_data, tiny_model, tmp_path):
