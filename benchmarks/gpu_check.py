@@ -37,6 +37,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -267,9 +268,10 @@ def throughput_jobs(smoke: bool, models: dict[str, str], data: str) -> list[tupl
     return jobs
 
 
-def run_throughput(table: Table, smoke: bool, work: Path) -> None:
+def prepare_throughput(table: Table, smoke: bool, work: Path) -> dict | None:
+    """The data and the two models (saved to disk), made while the untimed sections run."""
     import torch
-    from train_throughput import build_dataset, flops_per_token, matmul_peak
+    from train_throughput import build_dataset
 
     cuda = torch.cuda.is_available() and not smoke
     data = work / "data.jsonl"
@@ -285,8 +287,18 @@ def run_throughput(table: Table, smoke: bool, work: Path) -> None:
                        "cuda": cuda}, in_process=smoke)
         if "error" in built:
             table.add("throughput", f"build the {key} model", "", "", "failed: " + built["error"], "")
-            return
+            return None
         models[key] = built["path"]
+    return {"data": data, "lengths": lengths, "models": models}
+
+
+def run_throughput(table: Table, smoke: bool, work: Path, prepared: dict | None = None) -> None:
+    from train_throughput import flops_per_token, matmul_peak
+
+    prepared = prepared or prepare_throughput(table, smoke, work)
+    if prepared is None:
+        return
+    data, lengths, models = prepared["data"], prepared["lengths"], prepared["models"]
     peak = matmul_peak("bfloat16", size=256 if smoke else 8192, repeats=3 if smoke else 20)
     results: dict[tuple[str, str], dict] = {}
     for label, job in throughput_jobs(smoke, models, str(data)):
@@ -424,21 +436,35 @@ def main() -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
+    # Resolved here, once: transformers' lazy module is not safe to first touch from several threads.
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
-    def section(name: str) -> None:
+    import memory_accuracy  # noqa: F401
+    import train_throughput  # noqa: F401
+    from loratk.engine.memory.report import settings_for  # noqa: F401
+    from loratk.engine.models.meta_model import build_meta_model  # noqa: F401
+    from loratk.testing import build_tiny_model  # noqa: F401
+
+    def section(name: str, *extra) -> Any:
         print(f"{name}: starting at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         try:
-            run = {"tests": run_tests, "throughput": run_throughput, "memory": run_memory, "fsdp": run_fsdp}[name]
-            run(table, args.smoke) if name == "tests" else run(table, args.smoke, work)
+            run = {"tests": run_tests, "memory": run_memory, "fsdp": run_fsdp, "prepare": prepare_throughput,
+                   "throughput": run_throughput}[name]
+            return run(table, args.smoke) if name == "tests" else run(table, args.smoke, work, *extra)
         except Exception as exc:  # one broken section must not hide the others' results
-            table.add(name, "section", "", "", f"failed: {type(exc).__name__}: {exc}"[:300], "")
-        print(f"{name}: done at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+            table.add("throughput" if name == "prepare" else name, "section", "", "",
+                      f"failed: {type(exc).__name__}: {exc}"[:300], "")
+        finally:
+            print(f"{name}: done at {time.time() - started:.0f} s", file=sys.stderr, flush=True)
 
-    # Correctness and memory need no quiet machine: they run at once; then throughput runs alone.
+    # Correctness, memory and the throughput runs' models need no quiet machine: they are made at
+    # once; then the throughput runs are timed alone.
     with ThreadPoolExecutor() as pool:
+        prepared = pool.submit(section, "prepare") if "throughput" in sections else None
         list(pool.map(section, [name for name in ("tests", "memory", "fsdp") if name in sections]))
-    if "throughput" in sections:
-        section("throughput")
+        prepared = prepared.result() if prepared is not None else None
+    if prepared is not None:
+        section("throughput", prepared)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     import transformers
 
