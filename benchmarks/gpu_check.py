@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --smoke    # CPU, tiny shapes: keeps this script working between windows
     python benchmarks/gpu_check.py --sections throughput,memory   # a part again
 
-Sections (each a subprocess or a few, so peaks and failures stay their own):
+Sections (each a subprocess or a few, so peaks and failures stay their own; the training runs are
+benchmarks/gpu_runs.py):
   install     datasets, bitsandbytes and trl, where the machine lacks them, from the wheels in
               ``.whl/`` (see the README's GPU section for the ``pip download`` line) into a temporary
               folder put on PYTHONPATH; loratk itself runs from this checkout.
@@ -15,7 +16,7 @@ Sections (each a subprocess or a few, so peaks and failures stay their own):
               SmolLM2-135M-shaped and Llama-3-8B-shaped models with random weights (LoRA; the 8B also
               4-bit QLoRA), a word-level test tokenizer (nothing is downloadable there). Real tokens/s after a warm-up step, peak allocated/reserved, MFU against
               the bf16 matmul peak measured in this run.
-  memory      ``estimate-memory`` (the tensor peak) vs ``torch.cuda.max_memory_allocated`` for 8
+  memory      ``estimate-memory`` (the tensor peak) vs ``torch.cuda.max_memory_allocated`` for 7
               settings of a TinyLlama-1.1B-shaped model (16/8/4-bit, checkpointing, ranks, lengths,
               8-bit optimizers), via benchmarks/memory_accuracy.py's measurement.
   fsdp        the shipped FSDP and FSDP-QLoRA accelerate configs on one GPU: the losses of a plain run.
@@ -25,7 +26,6 @@ Targets (8B runs): >= 1.5x TRL's tokens/s at no more peak memory, MFU >= 40%; es
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -42,7 +42,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # this checkout's loratk, whatever is installed
-from machine import describe  # noqa: E402  benchmarks/machine.py, beside this script
+from gpu_runs import spawn, word_tokenizer  # noqa: E402  beside this script
+from machine import describe  # noqa: E402
 
 SECTIONS = ("install", "tests", "throughput", "memory", "fsdp")
 INSTALLED = "LORATK_GPU_CHECK_INSTALLED"  # set for the second run, after installing from wheels
@@ -53,7 +54,6 @@ NEEDED = ("datasets", "bitsandbytes", "trl", "pytest", "rich", "pluggy", "click"
 # The CUDA-marked tests (tests/benchmarks/test_gpu_check.py checks this list against the suite).
 CUDA_TESTS = ("tests/engine/kernels/test_attention.py", "tests/engine/kernels/test_fused_lora.py",
               "tests/engine/data/test_packing.py", "tests/cli/test_train_cuda.py")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, max_position_embeddings=8192,
                     rms_norm_eps=1e-5, tie_word_embeddings=True)
@@ -113,122 +113,6 @@ def install_from_wheels(wheels: Path, target: Path) -> str:
     return ", ".join(w.name.split("-")[0] + " " + w.name.split("-")[1] for w in chosen)
 
 
-# -- workers (each runs in its own process) -------------------------------------------------------
-def build_llama(path: Path, shape: dict, cuda: bool) -> str:
-    """A Llama of ``shape`` with random bf16 weights (made on the GPU, where there is one) and loratk's
-    test tokenizer (one token per word: the GPU machine has no real tokenizer offline)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    tokenizer = globals()["tokenizer"]()
-    config = AutoConfig.for_model("llama", eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-                                  pad_token_id=tokenizer.pad_token_id, **shape)
-    torch.manual_seed(0)
-    with torch.device("cuda" if cuda else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(path, max_shard_size="10GB")
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def run_loratk(job: dict, out: str) -> dict:
-    from rich.console import Console
-
-    from loratk.config.train_config import TrainConfig
-    from loratk.engine.training.run import train
-
-    config = TrainConfig(model_name_or_path=job["model"], dataset_path=[job["data"]], output_dir=out,
-                         max_steps=job["steps"], per_device_train_batch_size=job["batch"],
-                         gradient_accumulation_steps=1, max_seq_length=job["max_len"], target_modules=",".join(TARGETS),
-                         lora_rank=8, lora_alpha=16, lora_dropout=0.05, learning_rate=1e-4, bf16=job["bf16"],
-                         gradient_checkpointing=job["checkpointing"], save_steps=10**6, logging_steps=10**6,
-                         use_4bit=job["quantized"])
-    with open(os.devnull, "w") as sink:
-        summary = train(config, Console(file=sink)).summary
-    return {"attention": summary["attention"], "checkpointing": summary["gradient_checkpointing"]}
-
-
-def run_trl(job: dict, out: str) -> dict:
-    import torch
-    from datasets import load_dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    from trl import SFTConfig, SFTTrainer
-
-    from loratk.engine.models.loading import resolve_model_path
-
-    path = resolve_model_path(job["model"])
-    dtype = torch.bfloat16 if job["bf16"] else torch.float32
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=dtype) if job["quantized"] else None
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization,
-                                                 device_map={"": 0} if torch.cuda.is_available() else None)
-    args = SFTConfig(output_dir=out, max_steps=job["steps"], per_device_train_batch_size=job["batch"],
-                     max_length=job["max_len"], packing=True, padding_free=True, bf16=job["bf16"],
-                     gradient_checkpointing=job["checkpointing"], learning_rate=1e-4, report_to=[],
-                     save_strategy="no", logging_steps=10**6, disable_tqdm=True,
-                     use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="all")
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=load_dataset("json", data_files=job["data"],
-                                                                             split="train"),
-                         processing_class=AutoTokenizer.from_pretrained(path), peft_config=lora)
-    trainer.train()
-    return {"attention": model.config._attn_implementation, "checkpointing": job["checkpointing"]}
-
-
-def worker(job: dict) -> dict:
-    from loratk.engine.quiet import quiet_libraries
-
-    quiet_libraries()
-    if job["kind"] == "build":
-        return {"path": build_llama(Path(job["path"]), job["shape"], job["cuda"])}
-    import torch
-    import transformers.trainer
-    from train_throughput import step_clock, timed
-
-    clock = step_clock()
-    transformers.trainer.DEFAULT_CALLBACKS.append(clock)  # every Trainer of this process gets it
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            result = (run_loratk if job["kind"] == "loratk" else run_trl)(job, out)
-    finally:
-        transformers.trainer.DEFAULT_CALLBACKS.remove(clock)
-    result.update(timed(clock.marks))
-    if torch.cuda.is_available():
-        result.update(allocated=torch.cuda.max_memory_allocated(), reserved=torch.cuda.max_memory_reserved())
-    else:
-        from loratk.engine.memory.measure import peak_memory_mb
-
-        result.update(allocated=peak_memory_mb()["peak_rss_mb"] * 2**20, reserved=None)
-    return result
-
-
-def spawn(job: dict, timeout: float | None = None, in_process: bool = False) -> dict:
-    """Run one worker job in a fresh process (``in_process``: in this one, as --smoke does to stay
-    quick); its result, or {"error": the last lines of its stderr}."""
-    if in_process:
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # stdout is the table's
-                return worker(job)
-        except (Exception, SystemExit) as exc:
-            return {"error": f"{type(exc).__name__}: {exc}"[-400:]}
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        return {"error": " | ".join(proc.stderr.strip().splitlines()[-3:])[-400:]}
-    return json.loads(line[len("RESULT "):])
-
-
-def tokenizer():
-    from loratk.testing import build_tiny_tokenizer
-
-    return build_tiny_tokenizer()
-
-
 # -- sections -------------------------------------------------------------------------------------
 class Table:
     def __init__(self) -> None:
@@ -283,7 +167,7 @@ def prepare_throughput(table: Table, smoke: bool, work: Path) -> dict | None:
     data = work / "data.jsonl"
     build_dataset(data, 10**9)  # every stdlib docstring row, repeated up to the tokens wanted
     rows = data.read_text().splitlines()
-    lengths = [len(tokenizer()(json.loads(l)["prompt"] + "\n" + json.loads(l)["completion"])["input_ids"])
+    lengths = [len(word_tokenizer()(json.loads(l)["prompt"] + "\n" + json.loads(l)["completion"])["input_ids"])
                for l in rows]
     wanted = 3000 if smoke else 250_000  # tokens: enough for every run's steps (10 x 16k at most)
     data.write_text("\n".join(rows * -(-wanted // sum(lengths))) + "\n")
@@ -409,11 +293,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, seconds: checks the script works")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--wheels", default=str(ROOT / ".whl"), help="folder of wheels for what the machine lacks")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: a JSON job for a child process
     args = parser.parse_args()
-    if args.worker:
-        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
-        return 0
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
