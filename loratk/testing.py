@@ -219,3 +219,27 @@ def in_fresh_process(function: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(function, *args, **kwargs).result()
+
+
+@contextlib.contextmanager
+def syncs_reported() -> Iterator[list]:
+    """Record the CUDA host synchronisations made inside (torch's sync debug mode warns on each)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def loratk_syncs(caught: Sequence) -> list[str]:
+    """``file:line`` of each recorded synchronisation made by loratk's own code (a warning is
+    attributed to the Python line that called the synchronising operation)."""
+    root = str(Path(__file__).parent)
+    return [f"{w.filename}:{w.lineno}" for w in caught
+            if "synchroniz" in str(w.message) and str(w.filename).startswith(root)]

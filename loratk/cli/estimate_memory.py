@@ -23,7 +23,7 @@ Examples:
 
 TRAIN_OPTIONS = ("lora_rank", "lora_dropout", "target_modules", "use_4bit", "use_8bit", "quantization",
                  "max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "gradient_checkpointing", "bf16", "fp16", "packing", "trust_remote_code",
+                 "gradient_checkpointing", "bf16", "fp16", "packing", "optim", "trust_remote_code",
                  "use_dora", "rank_pattern", "modules_to_save", "new_tokens", "add_special_tokens")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 UNITS = {"": 2**30, "g": 2**30, "gb": 2**30, "gib": 2**30, "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -51,8 +51,8 @@ def train_options(command):
 @train_options
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="Where the run trains (CPU: no CUDA context, train's CPU dtypes).")
-@click.option("--optimizer", type=click.Choice(["adamw", "adamw-8bit", "sgd"]), default="adamw",
-              show_default=True, help="Optimizer whose states are counted (loratk train uses adamw).")
+@click.option("--optimizer", type=click.Choice(["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd"]), default=None,
+              help="Optimizer whose states are counted (default: the one --optim trains with).")
 @click.option("--attn-implementation", "--attn_implementation", "attn_implementation",
               type=click.Choice(["sdpa", "flash_attention_2", "eager", "loratk_varlen"]), default=None,
               help="Attention kernel (default: what loratk train uses: per-example attention over packed rows "
@@ -61,7 +61,7 @@ def train_options(command):
               "does the run fit, and the largest batch size and sequence length that do.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.pass_context
-def estimate_memory(ctx: click.Context, model: str | None, device: str, optimizer: str,
+def estimate_memory(ctx: click.Context, model: str | None, device: str, optimizer: str | None,
                     attn_implementation: str | None, gpu_memory: str | None, as_json: bool, **params) -> None:
     """Estimate the peak memory of a LoRA/QLoRA training run of MODEL, without loading weights.
 

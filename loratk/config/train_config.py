@@ -16,6 +16,8 @@ from loratk.errors import ConfigError
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "tensorboard", "wandb")
+# transformers' names; the 8-bit ones are bitsandbytes' (loratk[quantization])
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 EMBEDDED_MODEL = "smollm2-135m"
 INIT_LORA_WEIGHTS = ("gaussian", "pissa", "olora", "loftq")
 _PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
@@ -93,6 +95,11 @@ class TrainConfig:
         "otherwise).", flag=True, negatable=True)
     bf16: bool | None = _opt(None, "Train in bfloat16 autocast (default: where the device supports it).", flag=True, negatable=True)
     fp16: bool = _opt(False, "Train in float16 autocast (GPUs without bfloat16).", flag=True)
+    # Optimizer
+    optim: str = _opt("adamw_torch_fused", "Optimizer: adamw_torch_fused (torch's fused AdamW), adamw_torch, "
+                      "adamw_8bit (bitsandbytes' 8-bit states: a quarter of the memory) or paged_adamw_8bit "
+                      "(8-bit states in CUDA unified memory, paged out under pressure; GPU only).",
+                      choices=OPTIMIZERS)
     # Evaluation, logging, checkpoints
     eval_split: float = _opt(0.0, "Fraction of the data held out for eval loss and perplexity.")
     logging_steps: int = _opt(10, "Log loss and learning rate every N optimizer steps.")
@@ -163,6 +170,9 @@ class TrainConfig:
         if self.lr_scheduler_type not in LR_SCHEDULERS:
             problems.append(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {', '.join(LR_SCHEDULERS)}"
                             + did_you_mean(self.lr_scheduler_type, LR_SCHEDULERS))
+        if self.optim not in OPTIMIZERS:
+            problems.append(f"optim {self.optim!r} is not one of {', '.join(OPTIMIZERS)}"
+                            + did_you_mean(self.optim, OPTIMIZERS))
         if self.report_to not in REPORT_TO:
             problems.append(f"report_to {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
         if self.target_modules is not None and not self.target_module_list() and self.target_modules.strip() != "auto":

@@ -83,3 +83,15 @@ def test_shipped_accelerate_configs_load(config):
     loaded = ClusterConfig.from_yaml_file(str(config))
     assert loaded.num_processes >= 2
     assert config.read_text().startswith("#") and "accelerate launch --config_file" in config.read_text()
+
+
+def test_an_fsdp_config_is_refused_on_cpu_where_it_would_run_as_ddp(text_data, tiny_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("FSDP runs on GPUs")
+    result = run_cli(["train", str(text_data), "--model", str(tiny_model), "--output_dir", str(tmp_path / "out")],
+                     env={"ACCELERATE_USE_FSDP": "true"})
+    assert result.exit_code != 0
+    assert "FSDP" in result.output and "cpu-2proc.yaml" in result.output
+    assert not (tmp_path / "out").exists()

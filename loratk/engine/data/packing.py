@@ -10,6 +10,10 @@ trained to predict its first token from the one before it.
 Where attention runs per example whatever the row (``ONE_ROW_ATTENTION``: loratk's per-example
 attention), the rows of a batch are concatenated into one row: nothing is padded at all, and a
 batch costs the compute of its real tokens only. The rows still decide which examples form a batch.
+Such a batch also carries its examples' boundaries, computed here on the host once per batch under
+the names transformers passes on to attention functions (``cu_seq_lens_q``/``_k``: int32 start
+offsets plus the total; ``max_length_q``/``_k``: the longest example): on CUDA the attention of a
+whole batch is then one variable-length kernel call per layer, with no host sync.
 """
 
 from __future__ import annotations
@@ -124,8 +128,9 @@ class PackedCollator:
         import torch
 
         if self.one_row:
-            return {key: torch.tensor([[value for r in rows for value in r[key]]], dtype=torch.long)
-                    for key in ("input_ids", "labels", "position_ids")}
+            batch = {key: torch.tensor([[value for r in rows for value in r[key]]], dtype=torch.long)
+                     for key in ("input_ids", "labels", "position_ids")}
+            return {**batch, **example_bounds([value for r in rows for value in r["position_ids"]])}
         longest = max(len(r["input_ids"]) for r in rows)
         input_ids, labels, positions = [], [], []
         for r in rows:
@@ -136,3 +141,17 @@ class PackedCollator:
         return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
                 "labels": torch.tensor(labels, dtype=torch.long),
                 "position_ids": torch.tensor(positions, dtype=torch.long)}
+
+
+def example_bounds(positions: Sequence[int]) -> dict[str, Any]:
+    """transformers' variable-length attention kwargs for one packed row with these position ids."""
+    import torch
+
+    starts = [index for index, position in enumerate(positions) if position == 0]
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    offsets = [*starts, len(positions)]
+    longest = max(end - start for start, end in zip(offsets[:-1], offsets[1:]))
+    cu_seq_lens = torch.tensor(offsets, dtype=torch.int32)
+    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": longest, "max_length_k": longest}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from loratk.engine.kernels.lora_dropout import dropped_units, zeroed
+from loratk.engine.kernels.lora_dropout import dropped_units, zero_units_, zeroed
 from loratk.engine.kernels.mixins import mix_into
 from loratk.engine.kernels.shared_input import SharedInput, weights_stamp
 
@@ -53,7 +53,7 @@ class _LoraDown(torch.autograd.Function):
             if needs_x:
                 grad_x = grad_low @ _stacked(weights_a).to(ctx.dtype)
                 if units is not None:
-                    grad_x.view(-1).index_fill_(0, units, 0)
+                    zero_units_(grad_x, units)
                 grad_x = grad_x.to(x.dtype).view(x.shape)
             if needs_a:
                 grad = grad_low.T @ zeroed(x2, units, ctx.dtype)

@@ -1,8 +1,8 @@
 """Causal-LM loss without full-vocabulary logits.
 
 The language-model head is usually frozen under LoRA, and the loss needs logits only where a
-label is trained. So loratk asks the model for the final hidden states at those positions only
-(``logits_to_keep``, with the head swapped for an identity while the model runs) and computes the
+label is trained. So loratk asks the model for the final hidden states (with the head swapped for
+an identity while the model runs), keeps those of the trained positions and computes the
 cross-entropy chunk by chunk, producing the gradient for the hidden states in the same pass. At
 no time does a ``tokens x vocabulary`` fp32 tensor exist for the whole batch (49k x 4k tokens is
 800 MB per copy), and prompt positions whose labels are masked cost no head compute at all.
@@ -130,11 +130,11 @@ def fused_loss_sum(model, inputs: dict, weight: torch.Tensor, chunk: int = DEFAU
     """(sum of token losses, number of trained tokens) for a batch, via the fused path."""
     targets = shifted_targets(inputs)
     model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
-    trained = targets != IGNORE_INDEX
-    keep = trained.any(dim=0).nonzero().squeeze(1)  # positions any row trains on
     with _head_as_identity(model):
-        hidden = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # (batch, kept, hidden)
-    kept_targets = targets[:, keep]
-    mask = kept_targets != IGNORE_INDEX
-    total = LinearCrossEntropy.apply(hidden[mask], weight, kept_targets[mask], chunk)
-    return total, int(mask.sum())
+        hidden = model(**model_inputs, use_cache=False).logits  # (batch, positions, hidden)
+    # The step's one host sync (how many positions are trained), made once the forward is queued:
+    # on a GPU it waits for the forward rather than holding it back.
+    trained = (targets != IGNORE_INDEX).flatten().nonzero().squeeze(1)
+    selected = hidden.flatten(0, 1).index_select(0, trained)
+    total = LinearCrossEntropy.apply(selected, weight, targets.flatten().index_select(0, trained), chunk)
+    return total, selected.shape[0]

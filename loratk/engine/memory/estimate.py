@@ -20,7 +20,18 @@ from loratk.errors import UsageError
 GiB = 2**30
 CUDA_CONTEXT_BYTES = GiB // 2  # CUDA context, cuBLAS/cuDNN workspaces and kernels
 ALLOCATOR_SLACK = 0.10  # PyTorch's caching allocator reserves more than it hands out
-OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw-8bit": 2, "sgd": 0}
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw-8bit": 2, "paged-adamw-8bit": 2, "sgd": 0}
+# bitsandbytes' 8-bit optimizers: two uint8 states plus one fp32 scale per block of 256 values each,
+# for tensors of at least 4096 values (smaller ones keep two fp32 states)
+EIGHT_BIT_OPTIMIZERS = frozenset({"adamw-8bit", "paged-adamw-8bit"})
+BNB_MIN_8BIT_SIZE = 4096
+BNB_STATE_BLOCK = 256
+# `loratk train --optim` -> the optimizer whose states are counted
+TRAIN_OPTIMIZERS = {"adamw_torch_fused": "adamw", "adamw_torch": "adamw", "adamw_8bit": "adamw-8bit",
+                    "paged_adamw_8bit": "paged-adamw-8bit"}
+# On CUDA a paged optimizer's states live in unified memory that torch's allocator does not see.
+PAGED_STATES = "paged optimizer states"
+OUTSIDE_TORCH_ALLOCATOR = frozenset({"framework overhead", PAGED_STATES})
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager", "loratk_varlen")
 # Storage of the built-in quantization backends when their build callable does not say.
 BUILTIN_BITS = {"bnb-4bit": 4 + 8 / 64 + 32 / (64 * 256), "bnb-8bit": 8.0}
@@ -105,7 +116,7 @@ class MemoryEstimate:
     @property
     def tensor_bytes(self) -> float:
         """The peak of tensor allocations (what torch.cuda.max_memory_allocated reports)."""
-        return sum(c.bytes for c in self.components if c.name != "framework overhead")
+        return sum(c.bytes for c in self.components if c.name not in OUTSIDE_TORCH_ALLOCATOR)
 
     @property
     def total_bytes(self) -> float:
@@ -225,7 +236,7 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     trainable = counts.trainable
     adapters = trainable * 4  # peft keeps adapters in fp32 (and the copies of modules_to_save counted so too)
     grads = trainable * 4
-    states = trainable * OPTIMIZER_STATE_BYTES[s.optimizer]
+    states = optimizer_state_bytes(shape.linears, targets, s.rank, s.optimizer)
     grads_at_backward = grads if s.gradient_accumulation_steps > 1 else 0
 
     layer = _layer_activations(shape, s, tokens, compute, residual, linear_out, targets)
@@ -259,11 +270,13 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         transient += 2 * max(g.in_features * g.out_features for g in shape.linears
                              if g.name in targeted_names(list(shape.linears), targets)) * 4
     recomputed = layer if s.gradient_checkpointing else 0
+    # torch's AdamW makes an fp32 copy of the adapters; bitsandbytes' kernels update them in place
+    step_temporaries = 0 if s.optimizer in EIGHT_BIT_OPTIMIZERS else trainable * 4
     persistent = weights + adapters + states + grads_at_backward
     phases = {
         "loss": persistent + saved + logits,
         "decoder layer backward": persistent + saved + recomputed + transient,
-        "optimizer step": weights + adapters + grads + states + trainable * 4,
+        "optimizer step": weights + adapters + grads + states + step_temporaries,
     }
     phase = max(phases, key=phases.get)
     components = [
@@ -271,7 +284,8 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         Component("LoRA parameters", adapters, f"{trainable:,} trainable params in fp32" + _variant_detail(counts)),
         Component("LoRA gradients", grads if phase == "optimizer step" else grads_at_backward,
                   "fp32; kept across gradient accumulation steps"),
-        Component("optimizer states", states, f"{s.optimizer}: {OPTIMIZER_STATE_BYTES[s.optimizer]} B per param"),
+        Component(PAGED_STATES if s.optimizer.startswith("paged") and s.device == "cuda" else "optimizer states",
+                  states, f"{s.optimizer}: {states / max(trainable, 1):.2f} B per param"),
     ]
     if phase != "optimizer step":
         extra = recomputed if phase == "decoder layer backward" else 0
@@ -282,7 +296,8 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         components.append(Component("backward temporaries", transient, "gradients inside the MLP"
                                     + (" and one dequantized weight" if quantized else "")))
     elif phase == "optimizer step":
-        components.append(Component("optimizer temporaries", trainable * 4, "one fp32 copy of the adapters"))
+        if step_temporaries:
+            components.append(Component("optimizer temporaries", step_temporaries, "one fp32 copy of the adapters"))
     if s.device == "cuda":
         slack = ALLOCATOR_SLACK * sum(c.bytes for c in components)
         components.append(Component("framework overhead", CUDA_CONTEXT_BYTES + slack,
@@ -296,6 +311,19 @@ def _variant_detail(counts: VariantCounts) -> str:
                                                         (counts.full_modules, "in modules_to_save copies"),
                                                         (counts.token_rows, "in new-token rows")) if number]
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def optimizer_state_bytes(groups, targets, rank: int, optimizer: str) -> float:
+    """Bytes of the optimizer states of the LoRA matrices of the targeted Linear groups."""
+    chosen = [g for g in groups if targets == "all-linear" or g.name in targets]
+    if optimizer not in EIGHT_BIT_OPTIMIZERS:
+        return sum(g.lora_parameters(rank) for g in chosen) * OPTIMIZER_STATE_BYTES[optimizer]
+    total = 0.0
+    for group in chosen:
+        for numel in (rank * group.in_features, group.out_features * rank):  # lora_A, lora_B
+            per_value = 2 * (1 + 4 / BNB_STATE_BLOCK) if numel >= BNB_MIN_8BIT_SIZE else 8
+            total += group.count * numel * per_value
+    return total
 
 
 def _matmul_attention(s: MemorySettings) -> bool:

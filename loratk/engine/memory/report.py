@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from loratk.engine.memory.estimate import (ATTENTION_IMPLEMENTATIONS, MemorySettings, estimate, largest_fitting,
-                                           quantization_storage)
+from loratk.engine.memory.estimate import (ATTENTION_IMPLEMENTATIONS, TRAIN_OPTIMIZERS, MemorySettings, estimate,
+                                           largest_fitting, quantization_storage)
 from loratk.errors import UsageError
 
 
-def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "adamw",
+def settings_for(meta_model, config, device: str = "cuda", optimizer: str | None = None,
                  attn_implementation: str = "sdpa") -> MemorySettings:
-    """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``."""
+    """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``
+    (``optimizer``: the estimate's name; by default the one ``config.optim`` trains with)."""
     from loratk.engine.models.targets import resolve_target_modules
 
     return _settings(config, lambda requested: resolve_target_modules(meta_model, requested), device, optimizer,
                      attn_implementation)
 
 
-def summary_settings(summary, config, device: str = "cuda", optimizer: str = "adamw",
+def summary_settings(summary, config, device: str = "cuda", optimizer: str | None = None,
                      attn_implementation: str = "sdpa") -> MemorySettings:
     """:func:`settings_for` the model of a ``ShapeSummary`` (loratk.engine.memory.shape_summary)."""
     from loratk.engine.models.targets import choose_target_modules
@@ -31,7 +32,7 @@ def summary_settings(summary, config, device: str = "cuda", optimizer: str = "ad
     return _settings(config, resolve_targets, device, optimizer, attn_implementation)
 
 
-def _settings(config, resolve_targets: Callable, device: str, optimizer: str,
+def _settings(config, resolve_targets: Callable, device: str, optimizer: str | None,
               attn_implementation: str) -> MemorySettings:
     """The settings; ``resolve_targets`` turns the requested target modules into the model's
     (after the precision is checked, so errors come in the order they always did)."""
@@ -52,14 +53,15 @@ def _settings(config, resolve_targets: Callable, device: str, optimizer: str,
         targets=targets if isinstance(targets, str) else tuple(targets), lora_dropout=config.lora_dropout,
         precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
         row_scale_bytes=row_bytes, gradient_checkpointing=bool(config.gradient_checkpointing),
-        gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        optimizer=optimizer or TRAIN_OPTIMIZERS[getattr(config, "optim", "adamw_torch_fused")],
         attn_implementation=attn_implementation, use_dora=config.use_dora,
         rank_pattern=tuple((config.rank_pattern or {}).items()),
         modules_to_save=tuple(config.modules_to_save_list()),
         new_tokens=len(config.new_tokens) + len(config.add_special_tokens))
 
 
-def memory_report(name: str, source: str, summary, config, *, device: str = "cuda", optimizer: str = "adamw",
+def memory_report(name: str, source: str, summary, config, *, device: str = "cuda", optimizer: str | None = None,
                   attn_implementation: str | None = None, budget: int | None = None) -> dict[str, Any]:
     """The estimate for the model of a ``ShapeSummary`` as plain data; with ``budget`` (bytes) also
     whether it fits and the largest batch/length."""

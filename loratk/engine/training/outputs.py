@@ -76,13 +76,17 @@ def write_final_adapter(model, tokenizer, output_dir: str | Path, summary: dict[
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
-    """Loss, eval loss and learning rate over steps as a PNG; None when nothing was logged."""
+    """Loss, eval loss and learning rate over steps as a PNG; None when nothing was logged or
+    matplotlib is not installed (the metrics are in metrics.jsonl either way)."""
     train = [(r["step"], r["loss"]) for r in history if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
     rates = [(r["step"], r["learning_rate"]) for r in history if "learning_rate" in r]
     if not train and not evals:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -33,6 +33,27 @@ def check_output_dir(config: TrainConfig) -> Path | None:
     return None
 
 
+def check_sharding(fsdp: bool, cuda: bool) -> None:
+    """accelerate turns FSDP on for GPU backends only: on CPU an FSDP config would quietly run as DDP."""
+    if fsdp and not cuda:
+        raise UsageError("an FSDP accelerate config needs GPUs: on CPU accelerate would run it as plain DDP, "
+                         "every process holding the whole model",
+                         "on CPU launch with configs/accelerate/cpu-2proc.yaml (or torchrun)")
+
+
+def check_optimizer(config: TrainConfig, cuda: bool) -> None:
+    """Refuse an optimizer this machine cannot run before anything is loaded."""
+    if config.optim == "paged_adamw_8bit" and not cuda:
+        raise UsageError("--optim paged_adamw_8bit pages its states through CUDA unified memory and needs a GPU",
+                         "on CPU use --optim adamw_8bit (the same 8-bit states, not paged)")
+    if config.optim.endswith("_8bit"):
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise UsageError(f"--optim {config.optim} needs bitsandbytes, which is not installed",
+                             "pip install 'loratk[quantization]'") from exc
+
+
 def check_writable(path: Path, trainable_parameters: int, checkpoints_kept: int) -> None:
     """Fail now, not hours from now, if output_dir cannot take the checkpoints and the adapter."""
     try:

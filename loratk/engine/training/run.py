@@ -94,6 +94,7 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool, grou
         max_steps=config.max_steps,
         warmup_steps=config.warmup_ratio,
         lr_scheduler_type=config.lr_scheduler_type,
+        optim=config.optim,
         weight_decay=config.weight_decay,
         seed=config.seed,
         logging_steps=config.logging_steps,
@@ -149,7 +150,7 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     from loratk.engine.training.outputs import CURVES_FILE, plot_curves, write_final_adapter
     from loratk.engine.models.lora_variants import variant_summary
     from loratk.engine.models.precision import choose_precision
-    from loratk.engine.training.preflight import check_output_dir, check_writable
+    from loratk.engine.training.preflight import check_optimizer, check_output_dir, check_sharding, check_writable
     from loratk.engine.training.reporting import MetricsFile, RichProgress
     from loratk.engine.models.targets import resolve_target_modules
     from loratk.engine.kernels.fused_lora import unfused_targets
@@ -159,6 +160,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
 
     main = is_main_process()
     resume_from = check_output_dir(config)
+    check_optimizer(config, torch.cuda.is_available())
+    check_sharding(using_fsdp(), torch.cuda.is_available())
     model_path = resolve_model_path(config.model_name_or_path)
     load_config(model_path, config.trust_remote_code)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)

@@ -36,10 +36,9 @@ class LoratkTrainer(Trainer):
             return super()._track_num_input_tokens(inputs)
         import torch
 
-        real = inputs["input_ids"].numel() - sum(_tail_padding(row_ids, row_pos, row_labels, self.pad_token_id)
-                                                 for row_ids, row_pos, row_labels in
-                                                 zip(inputs["input_ids"], inputs["position_ids"], inputs["labels"]))
-        count = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
+        padding = tail_padding(inputs["input_ids"], inputs["position_ids"], inputs["labels"], self.pad_token_id)
+        count = (inputs["input_ids"].numel() - padding.sum()).to(device=self.args.device, dtype=torch.int64)
+        # one host read per step, as transformers' own count makes
         self.state.num_input_tokens_seen += self.accelerator.gather(count).sum().item()
 
     def create_optimizer(self, model=None):
@@ -73,12 +72,18 @@ class LoratkTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
-def _tail_padding(ids, positions, labels, pad_token_id) -> int:
-    """Length of the padding segment a packed row ends with (0 when it has none)."""
-    starts = (positions == 0).nonzero().flatten()
-    if pad_token_id is None or len(starts) < 2:
-        return 0
-    tail = slice(int(starts[-1]), None)
-    if bool((ids[tail] == pad_token_id).all()) and bool((labels[tail] == -100).all()):
-        return int(ids[tail].numel())
-    return 0
+def tail_padding(ids, positions, labels, pad_token_id):
+    """Per row, the length of the padding segment a packed row ends with (0 when it has none):
+    the last segment, when it is not the only one and holds only pad ids with masked labels.
+    Computed on the rows' device, without reading anything back to the host."""
+    import torch
+
+    if pad_token_id is None:
+        return torch.zeros(positions.shape[0], dtype=torch.int64, device=positions.device)
+    length = positions.shape[-1]
+    starts = positions == 0
+    index = torch.arange(length, device=positions.device)
+    last_start = torch.where(starts, index, 0).amax(dim=-1, keepdim=True)
+    tail = index >= last_start
+    padded = ((ids == pad_token_id) & (labels == -100) | ~tail).all(dim=-1) & (starts.sum(dim=-1) >= 2)
+    return torch.where(padded, length - last_start.squeeze(-1), 0)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from loratk.engine.data.packing import (PackedCollator, batches_as_one_row, best_fit, class_packing_blocker,
+                                        example_bounds,
                                         pack_rows, packing_blocker, packing_efficiency, padded_efficiency)
 from loratk.engine.data.tokenize import IGNORE_INDEX, target_count
 
@@ -114,11 +115,21 @@ def test_one_row_batches_have_no_padding_and_the_rows_losses_and_logits(varlen_l
     one_row = PackedCollator(pad_token_id=0, one_row=True)(rows)
     assert one_row["input_ids"].shape == (1, sum(examples["length"]))
     assert one_row["position_ids"][0].eq(0).sum() == len(examples)  # one segment per example, none of padding
+    starts = one_row["position_ids"][0].eq(0).nonzero().flatten().tolist()
+    assert one_row["cu_seq_lens_q"].tolist() == [*starts, sum(examples["length"])]
+    assert one_row["cu_seq_lens_q"].dtype == torch.int32 and one_row["cu_seq_lens_k"].equal(one_row["cu_seq_lens_q"])
+    assert one_row["max_length_q"] == one_row["max_length_k"] == 40
+    assert "cu_seq_lens_q" not in stacked  # a masked kernel over stacked rows takes no boundaries
     with torch.no_grad():
         out_stacked, out_one = model(**stacked), model(**one_row)
     torch.testing.assert_close(out_one.loss, out_stacked.loss, atol=1e-6, rtol=1e-6)
     real = [out_stacked.logits[i, :len(row["input_ids"])] for i, row in enumerate(rows)]
     torch.testing.assert_close(out_one.logits[0], torch.cat(real), atol=1e-5, rtol=1e-5)
+
+
+def test_example_bounds_of_a_row_cut_mid_example():
+    bounds = example_bounds([3, 4, 0, 1, 2, 0])
+    assert bounds["cu_seq_lens_q"].tolist() == [0, 2, 5, 6] and bounds["max_length_q"] == 3
 
 
 def test_batches_are_one_row_only_where_attention_runs_per_example(tiny_llama, varlen_llama):
@@ -169,3 +180,25 @@ def test_packing_can_be_turned_off(tiny_llama):
     on = PreparedData(examples, examples, None, "text", {}, packing=None, max_seq_length=32)
     on.arrange_for(tiny_llama)
     assert on.stats["packing"] is True and len(on.train) == 1 and len(on.eval) == 1
+
+
+@pytest.mark.cuda
+def test_cuda_one_row_batch_losses_equal_stacked_rows(tiny_model):
+    """On the GPU one row goes through one varlen flash call per layer; stacked rows through
+    transformers' masked sdpa: the same loss and logits, to bf16 rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from loratk.engine.kernels.attention import use_varlen_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).cuda().eval()
+    model.config.use_cache = False
+    examples = random_examples(model.config.vocab_size, [17, 9, 30, 5, 12, 21, 40])
+    rows = [row for row in pack_rows(examples, capacity=48)]
+    to_cuda = lambda batch: {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    with torch.no_grad():
+        stacked = model(**to_cuda(PackedCollator(pad_token_id=0)(rows)))
+        assert use_varlen_attention(model, max_seq_length=48)
+        one = model(**to_cuda(PackedCollator(pad_token_id=0, one_row=True)(rows)))
+    torch.testing.assert_close(one.loss.float(), stacked.loss.float(), atol=2e-2, rtol=2e-2)
+    real = [stacked.logits[i, :len(row["input_ids"])] for i, row in enumerate(rows)]
+    torch.testing.assert_close(one.logits[0].float(), torch.cat(real).float(), atol=0.1, rtol=0.05)

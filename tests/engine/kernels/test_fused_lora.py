@@ -17,10 +17,10 @@ from loratk.engine.memory.measure import kept_for_backward
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def reference(result, x, weight_a, weight_b, p, seed, scaling, dtype):
+def reference(result, x, weight_a, weight_b, p, seed, scaling, dtype, as_mask=False):
     """peft's path with the same dropped units: dropout, lora_A, lora_B, scaling, sum."""
     keep = torch.ones(x.numel(), dtype=torch.bool)
-    keep[dropped_units(x.numel(), p, seed)] = False
+    keep[dropped_units(x.numel(), p, seed, as_mask=as_mask)] = False
     dropped = torch.where(keep.view(x.shape), x, 0) / (1 - p)
     delta = dropped.to(dtype) @ weight_a.to(dtype).T @ weight_b.to(dtype).T * scaling
     return result + delta.to(result.dtype)
@@ -29,7 +29,10 @@ def reference(result, x, weight_a, weight_b, p, seed, scaling, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.0, 0.3])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_the_fused_delta_and_its_gradients_equal_peft_s_path(dtype, p, input_grad):
+@pytest.mark.parametrize("as_mask", [False, True], ids=["indices", "mask"])  # the mask: CUDA's form
+def test_the_fused_delta_and_its_gradients_equal_peft_s_path(dtype, p, input_grad, as_mask, monkeypatch):
+    monkeypatch.setattr(fused_lora, "dropped_units",
+                        lambda *args, **kwargs: dropped_units(*args, **kwargs, as_mask=as_mask))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 10, 32, generator=generator, dtype=dtype).requires_grad_(input_grad)
     result = torch.randn(3, 10, 24, generator=generator, dtype=dtype, requires_grad=True)
@@ -40,7 +43,7 @@ def test_the_fused_delta_and_its_gradients_equal_peft_s_path(dtype, p, input_gra
     out = lora_delta(*inputs, p, 123, 2.0, dtype)
     grad_out = torch.randn(out.shape, generator=generator, dtype=dtype)
     fused = torch.autograd.grad(out, wanted, grad_out)
-    expected_out = reference(*inputs, p, 123, 2.0, dtype)
+    expected_out = reference(*inputs, p, 123, 2.0, dtype, as_mask)
     expected = torch.autograd.grad(expected_out, wanted, grad_out)
     assert out.dtype == dtype
     for got, want in zip([out, *fused], [expected_out, *expected]):
@@ -371,3 +374,35 @@ def test_a_deep_copy_keeps_the_grouping_and_nothing_pending():
     assert siblings._pending == {} and siblings._input is None
     with torch.no_grad():
         torch.testing.assert_close(copied(input_ids=IDS).logits, model(input_ids=IDS).logits)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_cuda_fused_layers_equal_peft_s_and_make_no_host_sync(p, tiny_model_factory):
+    """A peft model on the GPU in bf16 autocast, fused and not: same outputs and adapter gradients
+    (dropout off), and the fused forward synchronises with the host nowhere in loratk's code."""
+    from loratk.testing import loratk_syncs, syncs_reported
+
+    path = tiny_model_factory("llama")
+    models = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16),
+                               LoraConfig(r=8, lora_dropout=p, target_modules=TARGETS, init_lora_weights=False))
+        if fused:
+            assert fuse_lora_layers(model) == 2 * len(TARGETS)
+        models.append(model.cuda().train())
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0)).cuda()
+    outputs = []
+    for index, model in enumerate(models):
+        with torch.autocast("cuda", dtype=torch.bfloat16), syncs_reported() as syncs:
+            logits = model(input_ids=ids).logits
+        if index == 1:
+            assert not loratk_syncs(syncs), loratk_syncs(syncs)
+        logits.float().square().mean().backward()
+        outputs.append(logits.float())
+    if not p:
+        torch.testing.assert_close(outputs[1], outputs[0], atol=0.05, rtol=0.02)
+        for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
+            if a.requires_grad:
+                torch.testing.assert_close(b.grad, a.grad, atol=0.05, rtol=0.05, msg=name)

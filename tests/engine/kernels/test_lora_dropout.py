@@ -51,3 +51,16 @@ def test_zeroed_sets_exactly_the_dropped_units_to_zero_in_a_copy():
     assert torch.equal(kept.view(-1).float(), expected)
     assert torch.all(x > 0)  # the input is untouched
     assert zeroed(x, None, torch.float32) is x  # nothing dropped: no copy
+
+
+def test_the_mask_form_repeats_for_a_seed_and_drops_a_fraction_p():
+    """CUDA's form: a boolean mask, drawn without learning how many units it drops (no host sync)."""
+    first, again, other = (dropped_units(200_000, 0.1, seed, as_mask=True) for seed in (7, 7, 8))
+    assert first.dtype == torch.bool and first.shape == (200_000,)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.float().mean().item() == pytest.approx(0.1, abs=6 * (0.1 * 0.9 / 200_000) ** 0.5)
+    assert not dropped_units(50, 0.0, 1, as_mask=True).any()
+    x = torch.randn(40, 5000)
+    kept = zeroed(x, first, torch.float32)
+    assert torch.equal(kept.view(-1)[first], torch.zeros(int(first.sum())))
+    assert torch.equal(kept.view(-1)[~first], x.view(-1)[~first])

@@ -174,3 +174,40 @@ def measured_training_peak(values: dict) -> int:
 
     config = TrainConfig.from_mapping(values)
     return measure_training_peak(lambda after_load: train(config, Console(quiet=True), after_load=after_load))
+
+def test_8bit_optimizer_states_are_what_bitsandbytes_allocates(tiny_model):
+    """bitsandbytes keeps two uint8 states and their per-256 scales for tensors of 4096 values and
+    more, two fp32 states for smaller ones: the estimate counts exactly the bytes a step allocates."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from loratk.engine.memory.estimate import optimizer_state_bytes
+    from loratk.engine.models.meta_model import linear_groups
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    groups = linear_groups(model)
+    rank = 64  # lora_A of a 64-wide input is exactly 4096 values: 8-bit; smaller matrices stay fp32
+    model = get_peft_model(model, LoraConfig(r=rank, target_modules=list(LLAMA_TARGETS)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert {p.numel() >= 4096 for p in params} == {True, False}
+    optimizer = bnb.optim.AdamW8bit(params)
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    allocated = sum(value.numel() * value.element_size() for state in optimizer.state.values()
+                    for key, value in state.items() if torch.is_tensor(value) and not key.startswith("qmap"))
+    assert optimizer_state_bytes(groups, list(LLAMA_TARGETS), rank, "adamw-8bit") == allocated
+    assert optimizer_state_bytes(groups, list(LLAMA_TARGETS), rank, "adamw") == sum(p.numel() for p in params) * 8
+
+
+def test_paged_states_leave_torch_s_allocated_peak_on_cuda(llama7b):
+    base = MemorySettings(batch_size=4, seq_len=1024, targets=LLAMA_TARGETS)
+    plain, eight, paged = (estimate(llama7b, dataclasses.replace(base, optimizer=name))
+                           for name in ("adamw", "adamw-8bit", "paged-adamw-8bit"))
+    assert component(eight, "optimizer states") == pytest.approx(component(plain, "optimizer states") / 4, rel=0.02)
+    assert component(paged, "paged optimizer states") == component(eight, "optimizer states")
+    assert paged.tensor_bytes == pytest.approx(eight.tensor_bytes - component(eight, "optimizer states"))
+    on_cpu = estimate(llama7b, dataclasses.replace(base, optimizer="paged-adamw-8bit", device="cpu"))
+    assert any(c.name == "optimizer states" for c in on_cpu.components)  # bitsandbytes does not page on CPU
