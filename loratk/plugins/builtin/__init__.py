@@ -3,6 +3,7 @@
 BUILTIN_PLUGINS = (
     "loratk.plugins.builtin.architectures",
     "loratk.plugins.builtin.dataset_formats",
+    "loratk.plugins.builtin.export_formats",
     "loratk.plugins.builtin.quantization",
     "loratk.plugins.builtin.recipes",
 )
