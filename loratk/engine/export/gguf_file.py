@@ -39,6 +39,8 @@ def check_output(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise UsageError(f"output file {path} already exists", "pass --overwrite to replace it, or choose another --output")
     folder = existing_folder(path)
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: {folder} is a file, not a folder", "choose another --output")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {path}: {folder} is not writable", "choose an --output in a folder you can write")
 
