@@ -58,7 +58,7 @@ def export(adapters, output, fmt, outtype, model, ollama, verify, weights, combi
         result = run_export(specs, output, format=fmt, outtype=outtype, verify=verify, ollama=ollama,
                             overwrite=overwrite, combination=combination, weights=parse_weights(weights),
                             model_name_or_path=model, trust_remote_code=trust_remote_code, progress=progress,
-                            log=lambda text: console.print(f"[dim]{text}[/dim]", highlight=False))
+                            log=lambda text: console.print(f"[dim]{text}[/dim]", highlight=False, soft_wrap=True))
     print_summary(result, verify)
 
 
@@ -81,9 +81,9 @@ def print_summary(result, verify: bool) -> None:
     console.print(table)
     source = ", ".join(result.adapters) if result.adapters else "no adapter"
     console.print(f"base {result.base_model}, {source}; peak memory "
-                  f"{result.peak_memory.get('peak_rss_mb', 0):,.0f} MB resident", highlight=False)
+                  f"{result.peak_memory.get('peak_rss_mb', 0):,.0f} MB resident", highlight=False, soft_wrap=True)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     modelfiles = [p for p in result.paths if p.suffix == ".Modelfile"]
     for path in modelfiles:
-        console.print(f"Ollama: ollama create {path.stem} -f {path}", highlight=False)
+        console.print(f"Ollama: ollama create {path.stem} -f {path}", highlight=False, soft_wrap=True)

@@ -68,13 +68,15 @@ def template_pieces(tokenizer) -> dict[str, str]:
 
 
 def _rebuild(pieces: dict[str, str], messages: list[tuple[str, str]], generation: bool) -> str:
+    if messages[0][0] != "system" and pieces["default_system"]:  # what Ollama does with SYSTEM
+        messages = [("system", pieces["default_system"]), *messages]
     text = "".join(pieces[f"{role}_prefix"] + content + pieces[f"{role}_suffix"] for role, content in messages)
     return text + (pieces["generation"] if generation else "")
 
 
 def _check_pieces(tokenizer, pieces: dict[str, str]) -> None:
     for messages in ([("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."), ("user", "Bye")],
-                     [("system", "S"), ("user", "one"), ("assistant", "two"), ("user", "three"), ("assistant", "four")]):
+                     [("user", "one"), ("assistant", "two"), ("user", "three"), ("assistant", "four")]):
         for generation in (True, False):
             if _render(tokenizer, messages, generation) != _rebuild(pieces, messages, generation):
                 _refuse("its turns are not each wrapped the same way")

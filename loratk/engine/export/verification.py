@@ -127,7 +127,7 @@ def check_tensors(reader, model, plan, outtype: str) -> None:
             fail(f"tensor {entry.gguf_name} differs from the merged {entry.hf_name} by up to {worst:.3g}, "
                  f"more than {outtype} rounding explains")
         with torch.no_grad():
-            param.copy_(torch.from_numpy(np.ascontiguousarray(values)))
+            param.copy_(torch.from_numpy(np.array(values, dtype=np.float32)))
 
 
 def logits_from_file(path: Path, tokenizer):
