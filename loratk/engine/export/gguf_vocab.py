@@ -20,7 +20,7 @@ LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r
 QWEN2_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 # llama.cpp's pre-tokenizer names -> the regular expressions it splits text with, in order.
-LLAMA_CPP_SPLITS = {"gpt2": [GPT2_SPLIT], "smollm": [r"\p{N}", GPT2_SPLIT], "llama-bpe": [LLAMA3_SPLIT],
+LLAMA_CPP_SPLITS = {"gpt-2": [GPT2_SPLIT], "smollm": [r"\p{N}", GPT2_SPLIT], "llama-bpe": [LLAMA3_SPLIT],
                     "qwen2": [QWEN2_SPLIT]}
 # The Hugging Face spellings of the same rules (tokenizer.json's Split patterns).
 HF_SPLITS = {
@@ -48,7 +48,7 @@ def pre_tokenizer_name(pre: dict | None) -> str:
     steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):

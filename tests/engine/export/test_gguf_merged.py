@@ -47,7 +47,7 @@ def test_f16_export_verifies_and_holds_the_model_and_its_tokenizer(arch, export_
     assert field(reader, f"{arch}.block_count") == 2 and field(reader, f"{arch}.attention.head_count_kv") == 2
     # transformers loads the saved Qwen2 tokenizer with Qwen2's own split rule, and the file says so
     assert field(reader, "tokenizer.ggml.model") == "gpt2"
-    assert field(reader, "tokenizer.ggml.pre") == {"llama": "gpt2", "qwen2": "qwen2"}[arch]
+    assert field(reader, "tokenizer.ggml.pre") == {"llama": "gpt-2", "qwen2": "qwen2"}[arch]
     assert field(reader, "tokenizer.chat_template") == CHATML_TEMPLATE
     tokenizer = AutoTokenizer.from_pretrained(result.base_model)
     assert field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id

@@ -50,7 +50,7 @@ def gguf_round_trip(tokenizer, tmp_path, pre: str | None = None):
     return vocab, tokenizer_from_gguf(gguf.GGUFReader(tmp_path / "vocab.gguf"))
 
 
-@pytest.mark.parametrize("pre, name", [(BYTE_LEVEL, "gpt2"), (SMOLLM, "smollm"), (LLAMA3, "llama-bpe")])
+@pytest.mark.parametrize("pre, name", [(BYTE_LEVEL, "gpt-2"), (SMOLLM, "smollm"), (LLAMA3, "llama-bpe")])
 def test_each_known_pre_tokenizer_gets_llama_cpp_name_and_round_trips(pre, name, tmp_path):
     tokenizer = with_pre_tokenizer(pre)
     assert pre_tokenizer_name(json.loads(tokenizer.backend_tokenizer.to_str())["pre_tokenizer"]) == name
@@ -63,7 +63,7 @@ def test_each_known_pre_tokenizer_gets_llama_cpp_name_and_round_trips(pre, name,
 
 def test_the_round_trip_tells_a_wrong_pre_tokenizer_name(tmp_path):
     tokenizer = with_pre_tokenizer(SMOLLM)  # digits one by one
-    _, rebuilt = gguf_round_trip(tokenizer, tmp_path, pre="gpt2")  # digits in runs
+    _, rebuilt = gguf_round_trip(tokenizer, tmp_path, pre="gpt-2")  # digits in runs
     assert rebuilt.encode(DIGITS).ids != tokenizer(DIGITS, add_special_tokens=False)["input_ids"]
 
 
@@ -71,4 +71,4 @@ def test_an_unknown_pre_tokenizer_is_a_one_line_error():
     whitespace = {"type": "Whitespace"}
     with pytest.raises(ModelError, match=r"pre-tokenizer \(Whitespace\)") as error:
         vocab_of(with_pre_tokenizer(whitespace), 500)
-    assert "gpt2, smollm, llama-bpe, qwen2" in error.value.hint
+    assert "gpt-2, smollm, llama-bpe, qwen2" in error.value.hint
