@@ -79,6 +79,8 @@ def print_summary(result, verify: bool) -> None:
                       str(details.get("tensors", "-")) if first else "-", checked if first else "-")
     console = Console()
     console.print(table)
+    for path in result.paths:
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     source = ", ".join(result.adapters) if result.adapters else "no adapter"
     console.print(f"base {result.base_model}, {source}; peak memory "
                   f"{result.peak_memory.get('peak_rss_mb', 0):,.0f} MB resident", highlight=False, soft_wrap=True)

@@ -1,6 +1,8 @@
-"""GGUF, for llama.cpp, Ollama and LM Studio: ``gguf`` (the merged model) and ``gguf-adapter``
-(the LoRA adapter alone). Each export function has a ``check(config, options)`` that loratk calls
-before loading the model, so a bad request fails in a second instead of after the load."""
+"""The built-in export formats, a plugin like any other (listed in ``loratk.plugins.builtin``):
+GGUF for llama.cpp, Ollama and LM Studio, ``gguf`` (the merged model) and ``gguf-adapter`` (the
+LoRA adapter alone). It lives in the engine, which the plugin layer does not import; the
+plugin manager imports it by name, and it imports nothing heavy until an export runs. Each
+export function has a ``check(config, options)`` that loratk calls before loading the model."""
 
 from loratk.plugins.hookspecs import hookimpl
 
