@@ -53,10 +53,17 @@ def test_export_prints_the_table_and_writes_an_ollama_modelfile(tmp_path, tiny_m
 
 
 def test_the_default_output_is_named_after_the_run_and_the_outtype(adapter, tmp_path, monkeypatch):
+    import os
+
     monkeypatch.chdir(tmp_path)
-    result = run_cli(["export", "--adapter", str(adapter), "--format", "gguf-adapter", "--no-verify"])
+    umask = os.umask(0o022)
+    try:
+        result = run_cli(["export", "--adapter", str(adapter), "--format", "gguf-adapter", "--no-verify"])
+    finally:
+        os.umask(umask)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run-lora-f16.gguf").is_file() and "skipped (--no-verify)" in result.stdout
+    assert (tmp_path / "run-lora-f16.gguf").stat().st_mode & 0o777 == 0o644  # as any new file, not mkstemp's 0600
 
 
 def test_a_template_ollama_cannot_follow_is_refused_before_anything_is_written(tmp_path):
@@ -122,3 +129,17 @@ def test_too_little_disk_space_is_found_before_writing(adapter, tmp_path, monkey
 def test_ollama_needs_the_merged_format(adapter, tmp_path):
     one_line_error(run_cli(["export", "--adapter", str(adapter), "--format", "gguf-adapter", "--ollama",
                             "--output", str(tmp_path / "a.gguf")]), 2, "--ollama needs --format gguf")
+
+
+@pytest.mark.slow
+def test_the_embedded_model_with_an_adapter_exports_to_f16_q8_0_and_an_adapter_file_that_verify(tmp_path):
+    from loratk.engine.models.embedded import embedded_model_dir
+
+    adapter = make_export_adapter(embedded_model_dir(), tmp_path / "run" / "final", rank=8)
+    for args in (["--outtype", "f16", "--ollama"], ["--outtype", "q8_0"], ["--format", "gguf-adapter"]):
+        result = run_cli(["export", "--adapter", str(adapter), "--output", str(tmp_path / f"{args[1]}.gguf"), *args])
+        assert result.exit_code == 0, result.output
+        assert "passed" in result.stdout
+        assert ("272" in result.stdout) == (args[0] == "--outtype")  # the merged model's tensor count
+    modelfile = (tmp_path / "f16.Modelfile").read_text()
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in modelfile

@@ -20,6 +20,13 @@ from loratk.errors import UsageError
 HEADER_MARGIN = 1.02  # alignment padding and the header, beyond the tensors and the vocabulary
 
 
+def readable_mode() -> int:
+    """The mode a plainly created file gets (mkstemp's files are private to their owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
@@ -63,6 +70,7 @@ def atomic_file(path: Path, overwrite: bool) -> Iterator[Path]:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}", "choose an --output in a folder you can write") from exc
     os.close(fd)
     tmp = Path(name)
+    tmp.chmod(readable_mode())
     try:
         yield tmp
         if path.exists() and not overwrite:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loratk.engine.export.gguf_file import readable_mode
 from loratk.errors import UsageError
 from loratk.fileio import atomic_write_text
 
@@ -117,4 +118,5 @@ def write_modelfile(gguf_path: Path, text: str, overwrite: bool) -> Path:
     check_modelfile(gguf_path, overwrite)
     path = modelfile_path(gguf_path)
     atomic_write_text(path, text)
+    path.chmod(readable_mode())
     return path
