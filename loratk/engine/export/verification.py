@@ -130,13 +130,19 @@ def check_tensors(reader, model, plan, outtype: str) -> None:
             param.copy_(torch.from_numpy(np.array(values, dtype=np.float32)))
 
 
-def logits_from_file(path: Path, tokenizer):
+def logits_from_file(path: Path, tokenizer, config):
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    from loratk.engine.export.gguf_model import rope_parameters
     from loratk.engine.inference.merging import verification_logits
 
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    file_config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    if rope_parameters(config)["rope_type"] == "llama3":
+        # transformers' GGUF reader ignores rope_freqs.weight; llama.cpp reads it (checked out of CI).
+        file_config.rope_parameters = dict(config.rope_parameters)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=file_config,
+                                                 dtype=torch.float32)
     try:
         return verification_logits(model, tokenizer)
     finally:
@@ -166,6 +172,7 @@ def verify_gguf(path: Path, model, tokenizer, plan, outtype: str, reference,
     check_tensors(reader, model, plan, outtype)
     del reader
     rounded = verification_logits(model, tokenizer)
+    config = model.config
     model.to("meta")  # release the weights before transformers loads the file
     scale = float(reference.abs().max())
     rounding = float((rounded - reference).abs().max())
@@ -175,7 +182,7 @@ def verify_gguf(path: Path, model, tokenizer, plan, outtype: str, reference,
     same_greedy = bool((rounded[ends].argmax(-1) == reference[ends].argmax(-1)).all())
     if outtype in ("q8_0", "q4_0") and not same_greedy:
         fail(f"{outtype} changes the greedy next token after a check prompt (logit error {rounding:.3g})")
-    read_back = float((logits_from_file(path, tokenizer) - rounded).abs().max())
+    read_back = float((logits_from_file(path, tokenizer, config) - rounded).abs().max())
     if not read_back < RELATIVE_TOLERANCE * scale:
         fail(f"transformers reads logits {read_back:.3g} away from the merged model's (tolerance "
              f"{RELATIVE_TOLERANCE * scale:.2g}): the file's metadata or tensor layout is wrong")

@@ -108,3 +108,18 @@ def test_the_base_alone_exports_with_model_and_no_adapter(tiny_model, tmp_path):
     original = AutoModelForCausalLM.from_pretrained(tiny_model).model.layers[0].mlp.up_proj.weight.detach().numpy()
     stored = next(t for t in read(tmp_path / "base.gguf").tensors if t.name == "blk.0.ffn_up.weight")
     assert np.array_equal(np.asarray(stored.data), original)
+
+
+def test_llama3_rope_scaling_is_written_as_llama_cpp_rope_factors(tmp_path):
+    from loratk.testing import build_tiny_model
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    base = build_tiny_model(tmp_path / "llama3", "llama", rope_scaling=rope)
+    result = export([], tmp_path / "m.gguf", model_name_or_path=str(base), outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    reader = read(tmp_path / "m.gguf")
+    factors = np.asarray(next(t for t in reader.tensors if t.name == "rope_freqs.weight").data)
+    # one factor per rotated pair: high frequencies kept (1), low ones stretched by the factor, smooth between
+    assert factors.shape == (8,) and factors[0] == 1.0 and factors[-1] == 8.0 and np.all(np.diff(factors) >= 0)
+    assert field(reader, "llama.rope.freq_base") == 500000.0
