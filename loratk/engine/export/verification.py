@@ -12,8 +12,9 @@
    reader (its own reversal of llama.cpp's query/key order), after the merged model's memory is
    released; its logits must equal the rounded model's within 1e-4 of the largest logit. The
    rounding's own effect, the rounded model against the merged model, is reported and bounded:
-   f32 below 1e-4 relative, f16/bf16 below 2% (as ``loratk merge --dtype bf16``), q8_0/q4_0 the
-   same greedy next token after every check prompt.
+   f32 below 1e-4 relative; f16/bf16 exactly what rounding the weights explains (the rounded model
+   is the reference); q8_0/q4_0 the same greedy next token after every check prompt, except where
+   the merged model's top two tokens are closer than the rounding moved that row's logits.
 """
 
 from __future__ import annotations
@@ -158,6 +159,28 @@ def prompt_ends(tokenizer) -> list[int]:
     return ends
 
 
+def greedy_agreement(reference, rounded) -> dict[str, int]:
+    """Greedy next tokens after the check prompts: the same, a near-tie (the merged model's top two
+    are closer than the rounding moved that row's logits, so either is its answer), or changed."""
+    counts = {"same": 0, "near_ties": 0, "changed": 0}
+    for expected, got in zip(reference, rounded):
+        chosen, picked = int(expected.argmax()), int(got.argmax())
+        if chosen == picked:
+            counts["same"] += 1
+        elif expected[chosen] - expected[picked] < (got - expected).abs().max():
+            counts["near_ties"] += 1
+        else:
+            counts["changed"] += 1
+    return counts
+
+
+def greedy_text(greedy: dict[str, int]) -> str:
+    if not greedy["near_ties"] and not greedy["changed"]:
+        return "same greedy tokens"
+    return (f"greedy tokens: {greedy['same']} same, {greedy['near_ties']} near-tie(s) flipped"
+            + (f", {greedy['changed']} changed" if greedy["changed"] else ""))
+
+
 def verify_gguf(path: Path, model, tokenizer, plan, outtype: str, reference,
                 log: Callable[[str], None] = lambda _: None) -> str:
     """Check the file at ``path`` (see the module's docstring); returns a one-line summary.
@@ -178,16 +201,16 @@ def verify_gguf(path: Path, model, tokenizer, plan, outtype: str, reference,
     rounding = float((rounded - reference).abs().max())
     if outtype == "f32" and not rounding < RELATIVE_TOLERANCE * scale:
         fail(f"the f32 tensors move the logits by {rounding:.3g}")
-    ends = prompt_ends(tokenizer)
-    same_greedy = bool((rounded[ends].argmax(-1) == reference[ends].argmax(-1)).all())
-    if outtype in ("q8_0", "q4_0") and not same_greedy:
-        fail(f"{outtype} changes the greedy next token after a check prompt (logit error {rounding:.3g})")
+    greedy = greedy_agreement(reference[prompt_ends(tokenizer)], rounded[prompt_ends(tokenizer)])
+    if outtype in ("q8_0", "q4_0") and greedy["changed"]:
+        fail(f"{outtype} changes the greedy next token after {greedy['changed']} check prompt(s) where the merged "
+             f"model's choice is clear (logit error {rounding:.3g})")
     read_back = float((logits_from_file(path, tokenizer, config) - rounded).abs().max())
     if not read_back < RELATIVE_TOLERANCE * scale:
         fail(f"transformers reads logits {read_back:.3g} away from the merged model's (tolerance "
              f"{RELATIVE_TOLERANCE * scale:.2g}): the file's metadata or tensor layout is wrong")
     log(f"verification passed: metadata, tokenizer ({strings} strings), {len(plan)} tensors; logits read back "
         f"within {read_back:.1e} (max {RELATIVE_TOLERANCE * scale:.1e}); {outtype} rounding moves them by {rounding:.2e}"
-        + (", same greedy tokens" if same_greedy else ", greedy tokens differ"))
-    return (f"passed; logit error {rounding / scale:.2%}" + (", same greedy tokens" if same_greedy else "")
+        + f", {greedy_text(greedy)}")
+    return (f"passed; logit error {rounding / scale:.2%}, {greedy_text(greedy)}"
             if outtype != "f32" else f"passed; logit error {rounding:.1e}")

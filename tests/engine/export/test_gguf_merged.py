@@ -123,3 +123,14 @@ def test_llama3_rope_scaling_is_written_as_llama_cpp_rope_factors(tmp_path):
     # one factor per rotated pair: high frequencies kept (1), low ones stretched by the factor, smooth between
     assert factors.shape == (8,) and factors[0] == 1.0 and factors[-1] == 8.0 and np.all(np.diff(factors) >= 0)
     assert field(reader, "llama.rope.freq_base") == 500000.0
+
+
+def test_greedy_agreement_tells_a_near_tie_from_a_changed_answer():
+    import torch
+
+    from loratk.engine.export.verification import greedy_agreement
+
+    reference = torch.tensor([[5.0, 1.0, 0.0], [2.00, 1.98, 0.0], [3.0, 0.0, 0.0]], dtype=torch.float64)
+    rounded = torch.tensor([[5.1, 1.0, 0.0], [1.95, 1.99, 0.0], [0.5, 2.9, 0.0]], dtype=torch.float64)
+    # row 1: 0.02 apart, moved by 0.05: a near-tie; row 2: a clear choice (3 apart) overturned
+    assert greedy_agreement(reference, rounded) == {"same": 1, "near_ties": 1, "changed": 1}
