@@ -189,8 +189,12 @@ def from_llama_cpp_rows(array, heads: int):
     return array.reshape(heads, rows // heads // 2, 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
 
 
+QUANTIZE_CHUNK = 1 << 20  # values per call: the quantizer's temporaries stay a few MB, not a few tensors
+
+
 def encode(array, qtype):
-    """A float32 numpy array in the GGUF storage type (the gguf package's reference quantizers)."""
+    """A float32 numpy array in the GGUF storage type (the gguf package's reference quantizers,
+    a band of rows at a time into the output, so the temporaries stay small)."""
     import gguf
     import numpy as np
 
@@ -198,7 +202,12 @@ def encode(array, qtype):
         return np.ascontiguousarray(array, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
         return array.astype(np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype)
+    rows = array.reshape(-1, array.shape[-1])
+    out = np.empty(gguf.quants.quant_shape_to_byte_shape(rows.shape, qtype), dtype=np.uint8)
+    step = max(1, QUANTIZE_CHUNK // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        out[start:start + step] = gguf.quants.quantize(np.ascontiguousarray(rows[start:start + step], dtype=np.float32), qtype)
+    return out.reshape(gguf.quants.quant_shape_to_byte_shape(array.shape, qtype))
 
 
 def decode(data, qtype, shape: tuple[int, ...]):

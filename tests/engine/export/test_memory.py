@@ -54,3 +54,16 @@ def test_writing_the_file_needs_memory_for_about_one_tensor_beyond_the_model(out
     # quantizer's blocks), whatever the model's size.
     print(f"{outtype}: torch {torch_peak}, numpy {numpy_peak}, largest tensor {largest}, model {model_bytes}")
     assert torch_peak + numpy_peak < 6 * largest < model_bytes / 4, (torch_peak, numpy_peak, largest, model_bytes)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "BF16"])
+def test_quantizing_a_band_of_rows_at_a_time_gives_the_reference_bytes(qtype, monkeypatch):
+    import gguf
+    import numpy as np
+
+    from loratk.engine.export import gguf_model
+
+    monkeypatch.setattr(gguf_model, "QUANTIZE_CHUNK", 200)  # 3 rows of 64 per band, the last band short
+    values = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)
+    kind = gguf.GGMLQuantizationType[qtype]
+    assert np.array_equal(gguf_model.encode(values, kind), gguf.quants.quantize(values, kind))
