@@ -13,4 +13,5 @@ COMMANDS = {
     "estimate-memory": "loratk.cli.estimate_memory:estimate_memory",
     "generate": "loratk.cli.generate:generate",
     "merge": "loratk.cli.merge:merge",
+    "export": "loratk.cli.export:export",
 }

@@ -10,7 +10,7 @@ import loratk
 PACKAGE = Path(loratk.__file__).parent
 # The engine's subpackages, bottom first: each may import only those of a lower or equal rank.
 ENGINE_RANKS = {"quiet": 0, "lazy": 0, "data": 1, "models": 1, "kernels": 2, "memory": 3, "training": 4,
-                "inference": 5}
+                "inference": 5, "export": 6}
 
 
 def unit_of(module: str) -> str:

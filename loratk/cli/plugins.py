@@ -7,7 +7,8 @@ import json
 import click
 
 LABELS = {"architectures": "architectures", "dataset_formats": "formats",
-          "quantization_backends": "quantization", "recipes": "recipes", "commands": "commands"}
+          "quantization_backends": "quantization", "export_formats": "export", "recipes": "recipes",
+          "commands": "commands"}
 
 
 def _registered_text(registered: dict[str, list[str]]) -> str:

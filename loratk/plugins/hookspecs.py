@@ -29,6 +29,11 @@ def register_quantization_backends(register):
 
 
 @hookspec
+def register_export_formats(register):
+    """Add an export format: ``register(name, export: Callable[[model, tokenizer, Mapping], list[Path]], *, override=False)``."""
+
+
+@hookspec
 def register_recipes(register):
     """Add recipes: ``register(folder)`` with a folder of ``*.yaml`` recipe files."""
 

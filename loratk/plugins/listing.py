@@ -8,7 +8,7 @@ from typing import Any
 from loratk import __version__
 from loratk.plugins.manager import LoratkPlugins
 
-KINDS = ("architectures", "dataset_formats", "quantization_backends", "recipes", "commands")
+KINDS = ("architectures", "dataset_formats", "quantization_backends", "export_formats", "recipes", "commands")
 
 
 def _recipe_names(folders: list[tuple[Path, str]], plugin: str) -> list[str]:
@@ -28,6 +28,7 @@ def describe_plugins(plugins: LoratkPlugins, include_builtin: bool = False) -> l
         "architectures": plugins.architectures,
         "dataset_formats": plugins.dataset_formats,
         "quantization_backends": plugins.quantization_backends,
+        "export_formats": plugins.export_formats,
         "commands": plugins.commands,
     }
     folders = plugins.recipe_folders

@@ -65,7 +65,7 @@ def _check_callable(plugin: str, entry: str, role: str, value: object) -> None:
 
 
 class LoratkPlugins:
-    """Every registered architecture, dataset format, quantization backend, recipe folder and command."""
+    """Every registered architecture, dataset format, quantization backend, export format, recipe folder and command."""
 
     def __init__(self, load_entry_points: bool = True):
         self.pm = pluggy.PluginManager("loratk")
@@ -142,6 +142,7 @@ class LoratkPlugins:
         self._architectures: Registry[tuple[str, ...]] = Registry("architecture")
         self._dataset_formats: Registry[DatasetFormat] = Registry("dataset format")
         self._quantization: Registry[Callable[[Mapping[str, Any]], Any]] = Registry("quantization backend")
+        self._export_formats: Registry[Callable[..., Any]] = Registry("export format")
         self._recipe_folders: list[tuple[Path, str]] = []
         self._commands: Registry[Any] = Registry("command")
         # Built-ins first, so an installed plugin may replace a built-in entry.
@@ -179,6 +180,10 @@ class LoratkPlugins:
             _check_callable(name, backend, "build", build)
             self._quantization.add(backend, build, name, override)
 
+        def export_formats(fmt: str, export: Callable, *, override: bool = False) -> None:
+            _check_callable(name, fmt, "export", export)
+            self._export_formats.add(fmt, export, name, override)
+
         def recipes(folder: str | os.PathLike) -> None:
             if not Path(folder).is_dir():
                 raise NotADirectoryError(f"recipe folder {folder} does not exist")
@@ -188,6 +193,7 @@ class LoratkPlugins:
             "register_architectures": architectures,
             "register_dataset_formats": dataset_formats,
             "register_quantization_backends": quantization,
+            "register_export_formats": export_formats,
             "register_recipes": recipes,
         }
         hooks = self.info[name].hooks
@@ -224,6 +230,12 @@ class LoratkPlugins:
     def quantization_backends(self) -> Registry[Callable[[Mapping[str, Any]], Any]]:
         self._collect()
         return self._quantization
+
+    @property
+    def export_formats(self) -> Registry[Callable[..., Any]]:
+        """``export(model, tokenizer, options) -> written paths`` by format name."""
+        self._collect()
+        return self._export_formats
 
     @property
     def recipe_folders(self) -> list[tuple[Path, str]]:

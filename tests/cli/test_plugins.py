@@ -32,7 +32,7 @@ def test_json_lists_a_plugin_with_its_version_hooks_and_registrations():
     assert record["version"] == "1.2.3" and record["status"] == "ok" and not record["builtin"]
     assert record["hooks"] == ["register_architectures", "register_dataset_formats"]
     assert record["registered"] == {"architectures": ["internlm2"], "dataset_formats": ["qa-tsv"],
-                                    "quantization_backends": [], "recipes": [], "commands": []}
+                                    "quantization_backends": [], "export_formats": [], "recipes": [], "commands": []}
 
 
 def test_builtins_are_listed_only_with_all():

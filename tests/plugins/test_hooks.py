@@ -183,3 +183,38 @@ def test_register_dataset_formats_accepts_one_extension_as_a_string():
 
     with registered_plugin(plugin(register_dataset_formats=register_dataset_formats)):
         assert get_plugins().dataset_formats["single"].extensions == (".sgl",)
+
+
+def test_register_export_formats_is_what_loratk_export_writes_with(tiny_model, tmp_path):
+    from tests.engine.models.test_adapters import make_adapter
+
+    adapter = make_adapter(tiny_model, tmp_path / "adapter", 1)
+    seen = {}
+
+    def export_names(model, tokenizer, options):
+        seen.update(peft=hasattr(model, "merge_and_unload"), outtype=options["outtype"])
+        options["output"].write_text("\n".join(name for name, _ in model.named_parameters() if "lora_B" in name))
+        return [options["output"]]
+
+    def register_export_formats(register):
+        register("lora-names", export_names)
+
+    output = tmp_path / "names.txt"
+    with registered_plugin(plugin(register_export_formats=register_export_formats), name="names"):
+        assert get_plugins().export_formats.entry("lora-names").plugin == "names"
+        result = run_cli(["export", "--adapter", str(adapter), "--format", "lora-names", "--outtype", "any",
+                          "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    assert seen == {"peft": True, "outtype": "any"} and "v_proj.lora_B" in output.read_text()
+    assert f"wrote {output}" in result.stdout
+    assert "gguf" in get_plugins().export_formats and "lora-names" not in get_plugins().export_formats
+
+
+def test_register_export_formats_with_a_non_callable_marks_the_plugin_broken():
+    def register_export_formats(register):
+        register("broken", "not a function")
+
+    with registered_plugin(plugin(register_export_formats=register_export_formats), name="odd-export"):
+        plugins = get_plugins()
+        assert "broken" not in plugins.export_formats and "gguf-adapter" in plugins.export_formats
+        assert "export that is not callable" in plugins.info["odd-export"].error

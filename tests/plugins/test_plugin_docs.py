@@ -22,6 +22,7 @@ HOOK_TESTS = Path(__file__).with_name("test_hooks.py")
 HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_"))
 KIND = {"register_architectures": "architectures", "register_dataset_formats": "dataset_formats",
         "register_quantization_backends": "quantization_backends", "register_recipes": "recipes",
+        "register_export_formats": "export_formats",
         "register_commands": "commands"}
 HEADING = re.compile(r"^### `(register_\w+)\((.*)\)`$", re.MULTILINE)
 

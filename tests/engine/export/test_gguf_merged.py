@@ -1,0 +1,136 @@
+"""--format gguf: the merged model as llama.cpp reads it, checked against peft's own merge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loratk.engine.export.exporting import export
+from loratk.engine.models.adapters import parse_adapter_specs
+from loratk.errors import ModelError
+from loratk.testing import CHATML_TEMPLATE
+from tests.engine.export.conftest import merged_weights
+
+MULTILINGUAL = ["The quick brown fox.", "Grüße, café naïve 3.14 und 1234567", "中文 训练 模型", "emoji 🙂🚀 ok",
+                "<|im_start|>user\nhi<|im_end|>\n"]
+
+
+def read(path):
+    import gguf
+
+    return gguf.GGUFReader(path)
+
+
+def field(reader, key):
+    return reader.get_field(key).contents()
+
+
+def llama_cpp_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's query/key order, written out row by row: within each head, row 2i is the
+    Hugging Face row i and row 2i + 1 is row i + head_dim / 2."""
+    head_dim = weight.shape[0] // heads
+    order = [h * head_dim + (i // 2 if i % 2 == 0 else head_dim // 2 + i // 2) for h in range(heads) for i in range(head_dim)]
+    return weight[order]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_f16_export_verifies_and_holds_the_model_and_its_tokenizer(arch, export_adapters, tmp_path):
+    from transformers import AutoTokenizer
+
+    from loratk.engine.export.gguf_vocab import tokenizer_from_gguf
+
+    output = tmp_path / "model.gguf"
+    result = export(parse_adapter_specs([str(export_adapters[arch])]), output, outtype="f16")
+    assert result.paths == [output] and result.details["verification"].startswith("passed")
+    reader = read(output)
+    assert field(reader, "general.architecture") == arch
+    assert field(reader, f"{arch}.block_count") == 2 and field(reader, f"{arch}.attention.head_count_kv") == 2
+    # transformers loads the saved Qwen2 tokenizer with Qwen2's own split rule, and the file says so
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert field(reader, "tokenizer.ggml.pre") == {"llama": "gpt-2", "qwen2": "qwen2"}[arch]
+    assert field(reader, "tokenizer.chat_template") == CHATML_TEMPLATE
+    tokenizer = AutoTokenizer.from_pretrained(result.base_model)
+    assert field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
+    assert field(reader, "tokenizer.ggml.eot_token_id") == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    names = {t.name for t in reader.tensors}
+    assert {"token_embd.weight", "output_norm.weight", "blk.1.attn_q.weight", "blk.1.ffn_down.weight"} <= names
+    assert ("blk.0.attn_q.bias" in names) == (arch == "qwen2")  # Qwen2's query/key/value biases
+    rebuilt = tokenizer_from_gguf(reader)
+    for text in MULTILINGUAL:
+        assert rebuilt.encode(text, add_special_tokens=False).ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+def test_quantized_tensors_are_the_reference_quantizer_of_the_merged_weights_in_llama_cpp_order(
+        outtype, export_adapters, tmp_path):
+    import gguf
+
+    adapter = export_adapters["llama"]
+    output = tmp_path / f"{outtype}.gguf"
+    export(parse_adapter_specs([str(adapter)]), output, outtype=outtype, verify=False)
+    merged = merged_weights(adapter)
+    stored = {t.name: t for t in read(output).tensors}
+    qtype = gguf.GGMLQuantizationType[outtype.upper()]
+    cases = {"blk.0.attn_q.weight": ("model.layers.0.self_attn.q_proj.weight", 4),
+             "blk.1.attn_k.weight": ("model.layers.1.self_attn.k_proj.weight", 2),
+             "blk.0.ffn_down.weight": ("model.layers.0.mlp.down_proj.weight", None)}
+    for name, (hf_name, heads) in cases.items():
+        weight = merged[hf_name] if heads is None else llama_cpp_rows(merged[hf_name], heads)
+        assert stored[name].tensor_type == qtype
+        assert np.array_equal(np.asarray(stored[name].data).reshape(-1),
+                              gguf.quants.quantize(np.ascontiguousarray(weight), qtype).reshape(-1)), name
+    assert stored["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_q8_0_export_keeps_the_greedy_tokens(export_adapters, tmp_path):
+    result = export(parse_adapter_specs([str(export_adapters["llama"])]), tmp_path / "q8.gguf", outtype="q8_0")
+    assert result.details["verification"].startswith("passed") and "same greedy tokens" in result.details["verification"]
+
+
+def test_a_query_key_order_llama_cpp_does_not_expect_fails_the_check_and_leaves_no_file(export_adapters, tmp_path,
+                                                                                        monkeypatch):
+    import loratk.engine.export.gguf_merged as merged_module
+    import loratk.engine.export.verification as verification
+
+    # Written and read back with the same wrong order: only transformers' own GGUF reader can tell.
+    monkeypatch.setattr(merged_module, "to_llama_cpp_rows", lambda array, heads: array)
+    monkeypatch.setattr(verification, "from_llama_cpp_rows", lambda array, heads: array)
+    with pytest.raises(ModelError, match="transformers reads logits .* tensor layout is wrong"):
+        export(parse_adapter_specs([str(export_adapters["llama"])]), tmp_path / "bad.gguf", outtype="f32")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_base_alone_exports_with_model_and_no_adapter(tiny_model, tmp_path):
+    result = export([], tmp_path / "base.gguf", model_name_or_path=str(tiny_model), outtype="f32")
+    assert result.details["verification"].startswith("passed") and result.adapters == []
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_model).model.layers[0].mlp.up_proj.weight.detach().numpy()
+    stored = next(t for t in read(tmp_path / "base.gguf").tensors if t.name == "blk.0.ffn_up.weight")
+    assert np.array_equal(np.asarray(stored.data), original)
+
+
+def test_llama3_rope_scaling_is_written_as_llama_cpp_rope_factors(tmp_path):
+    from loratk.testing import build_tiny_model
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    base = build_tiny_model(tmp_path / "llama3", "llama", rope_scaling=rope)
+    result = export([], tmp_path / "m.gguf", model_name_or_path=str(base), outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    reader = read(tmp_path / "m.gguf")
+    factors = np.asarray(next(t for t in reader.tensors if t.name == "rope_freqs.weight").data)
+    # one factor per rotated pair: high frequencies kept (1), low ones stretched by the factor, smooth between
+    assert factors.shape == (8,) and factors[0] == 1.0 and factors[-1] == 8.0 and np.all(np.diff(factors) >= 0)
+    assert field(reader, "llama.rope.freq_base") == 500000.0
+
+
+def test_greedy_agreement_tells_a_near_tie_from_a_changed_answer():
+    import torch
+
+    from loratk.engine.export.verification import greedy_agreement
+
+    reference = torch.tensor([[5.0, 1.0, 0.0], [2.00, 1.98, 0.0], [3.0, 0.0, 0.0]], dtype=torch.float64)
+    rounded = torch.tensor([[5.1, 1.0, 0.0], [1.95, 1.99, 0.0], [0.5, 2.9, 0.0]], dtype=torch.float64)
+    # row 1: 0.02 apart, moved by 0.05: a near-tie; row 2: a clear choice (3 apart) overturned
+    assert greedy_agreement(reference, rounded) == {"same": 1, "near_ties": 1, "changed": 1}
