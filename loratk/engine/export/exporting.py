@@ -73,7 +73,7 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
     if ollama and format != "gguf":
         raise UsageError(f"--ollama needs --format gguf, not {format}", "drop --ollama, or export the merged model")
     if specs:  # the output is checked below, as a file
-        combination, weights = check_request(specs, Path("."), True, weights, combination, False)
+        combination, weights = check_request(specs, weights, combination, False)
     elif format == "gguf-adapter":
         raise UsageError("--format gguf-adapter needs an adapter", "pass --adapter PATH")
     base_path = base_model_of(specs, model_name_or_path)
