@@ -22,6 +22,8 @@ class DataReport:
     stats: dict[str, Any]
     # Per example: runs of (text, trained) in token order.
     examples: list[list[tuple[str, bool]]] = field(default_factory=list)
+    # Preference data, per pair: the shared prompt, then the chosen and the rejected answer, as runs.
+    pairs: list[tuple[list[tuple[str, bool]], ...]] = field(default_factory=list)
 
 
 def token_runs(input_ids: list[int], labels: list[int], tokenizer) -> list[tuple[str, bool]]:
@@ -66,6 +68,8 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     data = prepare_data(config, tokenizer)
     stats = dict(data.stats, row_kind=data.kind)
     blocker = predicted_packing_blocker(config, model_path)
+    if data.pairs:
+        return _pair_report(data, stats, blocker, config, model_path, tokenizer, examples_shown)
     stats["packing"] = blocker is None
     stats["padded_efficiency"] = round(padded_efficiency(list(data.train["length"]),
                                                          config.per_device_train_batch_size), 4)
@@ -78,6 +82,33 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     shown = data.train.select(range(min(examples_shown, len(data.train))))
     runs = [token_runs(row["input_ids"], row["labels"], tokenizer) for row in shown]
     return DataReport(stats, runs)
+
+
+def _pair_report(data, stats, blocker, config, model_path, tokenizer, shown: int) -> DataReport:
+    """Pairs go through the model as 2B sequences in one row, where attention runs per example."""
+    from transformers import AutoConfig
+
+    from loratk.engine.data.packing import padded_efficiency
+    from loratk.engine.data.preference import SIDES, prompt_length
+    from loratk.engine.kernels.attention import SUPPORTED
+
+    model_type = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code).model_type
+    lengths = [len(ids) for side in SIDES for ids in data.train[f"{side}_input_ids"]]
+    stats["padded_efficiency"] = round(padded_efficiency(lengths, 2 * config.per_device_train_batch_size), 4)
+    stats["packing"] = blocker is None and model_type in SUPPORTED
+    stats["packing_efficiency"] = 1.0 if stats["packing"] else stats["padded_efficiency"]
+    if stats["packing"]:
+        stats["packed_rows"] = -(-len(data.train) // config.per_device_train_batch_size)
+    elif config.packing is not False:
+        stats["packing_note"] = f"not packing: {blocker or 'no per-example attention for ' + model_type}; padded"
+    pairs = []
+    for row in data.train.select(range(min(shown, len(data.train)))):
+        start = prompt_length(row["chosen_labels"])
+        prompt = token_runs(row["chosen_input_ids"][:start], row["chosen_labels"][:start], tokenizer)
+        answers = tuple(token_runs(row[f"{side}_input_ids"][start:], row[f"{side}_labels"][start:], tokenizer)
+                        for side in SIDES)
+        pairs.append((prompt, *answers))
+    return DataReport(stats, pairs=pairs)
 
 
 def print_report(report: DataReport, console) -> None:
@@ -109,6 +140,12 @@ def print_report(report: DataReport, console) -> None:
         bar = "█" * round(30 * bin_["examples"] / widest)
         console.print(f"{bin_['from']:>6}-{bin_['to']:<6} {bar} {bin_['examples']}", highlight=False)
     legend = Text.assemble(("trained", TRAINED_STYLE), " / ", ("masked (no loss)", MASKED_STYLE))
+    for number, (prompt, chosen, rejected) in enumerate(report.pairs, 1):
+        console.rule(Text.assemble(f"pair {number}: ", legend))
+        for title, runs in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+            console.print(Text.assemble((f"[{title}] ", "bold"), *[(text, TRAINED_STYLE if trained else MASKED_STYLE)
+                                                                   for text, trained in runs]),
+                          highlight=False, markup=False)
     for number, runs in enumerate(report.examples, 1):
         console.rule(Text.assemble(f"example {number}: ", legend))
         console.print(Text.assemble(*[(text, TRAINED_STYLE if trained else MASKED_STYLE) for text, trained in runs]),
