@@ -106,3 +106,13 @@ def test_unknown_model_offline(monkeypatch):
     result = run_cli(["estimate-memory", "nobody/no-such-model"])
     assert result.exit_code == 1
     assert "unknown model 'nobody/no-such-model'" in result.output
+
+
+def test_preference_pairs_count_as_two_sequences_and_the_reference_adds_nothing():
+    dpo = estimate_json("HuggingFaceTB/SmolLM2-135M", "--method", "dpo", "--per_device_train_batch_size", "4")
+    sft_double = estimate_json("HuggingFaceTB/SmolLM2-135M", "--per_device_train_batch_size", "8")
+    sft = estimate_json("HuggingFaceTB/SmolLM2-135M", "--per_device_train_batch_size", "4")
+    assert dpo["settings"]["sequences_per_example"] == 2 and dpo["settings"]["batch_size"] == 4
+    assert dpo["total_bytes"] == sft_double["total_bytes"] > sft["total_bytes"]
+    table = run_cli(["estimate-memory", "HuggingFaceTB/SmolLM2-135M", "--method", "dpo"])
+    assert "batch 4 pairs (2 x 4 sequences)" in table.output

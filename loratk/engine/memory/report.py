@@ -32,7 +32,8 @@ def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "ada
         precision=precision, device=device, quantization=config.quantization_name, bits_per_weight=bits,
         row_scale_bytes=row_bytes, gradient_checkpointing=bool(config.gradient_checkpointing),
         gradient_accumulation_steps=config.gradient_accumulation_steps, optimizer=optimizer,
-        attn_implementation=attn_implementation)
+        attn_implementation=attn_implementation,
+        sequences_per_example=2 if getattr(config, "is_preference", False) else 1)
 
 
 def memory_report(meta, config, *, device: str = "cuda", optimizer: str = "adamw",
