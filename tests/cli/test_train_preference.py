@@ -93,3 +93,33 @@ def test_options_are_checked_together(tmp_path, tiny_model):
     assert result.exit_code != 0
     assert "label_smoothing applies to dpo with loss_type sigmoid and to simpo, not to orpo" in result.output
     assert "precompute_ref_log_probs applies to dpo only" in result.output
+
+
+TOPICS = ["the moon", "rivers", "volcanoes", "bees", "the ocean", "trains", "clocks", "forests", "deserts",
+          "glaciers", "owls", "bridges", "tea", "bread", "music", "chess", "rain", "snow", "stars", "maps", "ships",
+          "castles", "gardens", "lanterns", "wolves", "salmon", "copper", "paper", "mirrors", "candles", "kites",
+          "violins", "whales", "coral", "thunder", "autumn", "honey", "cheese", "marble", "sand"]
+
+
+@pytest.mark.slow
+def test_dpo_teaches_the_embedded_model_a_preference_it_lacks(tmp_path):
+    """Chosen answers open with 'Certainly!', rejected ones are the same answer without it; SmolLM2
+    does not open that way by itself. Held-out pairs (other topics) are judged by the adapter's rewards."""
+    rows = [{"prompt": [{"role": "user", "content": f"Tell me something about {topic}."}],
+             "chosen": f"Certainly! {topic.capitalize()} are worth learning about.",
+             "rejected": f"{topic.capitalize()} are worth learning about."} for topic in TOPICS]
+    data = tmp_path / "certainly.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    prompt = "Tell me something about lighthouses."
+    before = run_cli(["generate", "--prompt", prompt, "--max_new_tokens", "4"])
+    assert before.exit_code == 0 and not before.output.strip().startswith("Certainly"), before.output
+    result = run_cli(["train", str(data), "--output_dir", str(tmp_path / "out"), "--method", "dpo", "--max_steps",
+                      "4", "--eval_split", "0.25", "--per_device_train_batch_size", "6", "--gradient_accumulation_steps",
+                      "1", "--logging_steps", "100", "--learning_rate", "2e-3", "--warmup_ratio", "0", "--no-bf16"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "final" / "loratk_summary.json").read_text())
+    assert summary["eval_examples"] == 10 and summary["eval_rewards_accuracies"] >= 0.9
+    assert summary["eval_rewards_margins"] > 1.0
+    after = run_cli(["generate", "--adapter", str(tmp_path / "out" / "final"), "--prompt", prompt,
+                     "--max_new_tokens", "4"])
+    assert after.exit_code == 0 and "Certainly" in after.output, after.output

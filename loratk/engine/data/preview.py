@@ -69,7 +69,7 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     stats = dict(data.stats, row_kind=data.kind)
     blocker = predicted_packing_blocker(config, model_path)
     if data.pairs:
-        return _pair_report(data, stats, blocker, config, model_path, tokenizer, examples_shown)
+        return _pair_report(data, stats, blocker, config, tokenizer, examples_shown)
     stats["packing"] = blocker is None
     stats["padded_efficiency"] = round(padded_efficiency(list(data.train["length"]),
                                                          config.per_device_train_batch_size), 4)
@@ -84,23 +84,20 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     return DataReport(stats, runs)
 
 
-def _pair_report(data, stats, blocker, config, model_path, tokenizer, shown: int) -> DataReport:
-    """Pairs go through the model as 2B sequences in one row, where attention runs per example."""
-    from transformers import AutoConfig
-
+def _pair_report(data, stats, blocker, config, tokenizer, shown: int) -> DataReport:
+    """A batch's pairs go through the model as 2B sequences in one row (where the model's
+    attention can run per example, which only loading it tells; padded otherwise)."""
     from loratk.engine.data.packing import padded_efficiency
     from loratk.engine.data.preference import SIDES, prompt_length
-    from loratk.engine.kernels.attention import SUPPORTED
 
-    model_type = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code).model_type
     lengths = [len(ids) for side in SIDES for ids in data.train[f"{side}_input_ids"]]
     stats["padded_efficiency"] = round(padded_efficiency(lengths, 2 * config.per_device_train_batch_size), 4)
-    stats["packing"] = blocker is None and model_type in SUPPORTED
+    stats["packing"] = blocker is None
     stats["packing_efficiency"] = 1.0 if stats["packing"] else stats["padded_efficiency"]
     if stats["packing"]:
-        stats["packed_rows"] = -(-len(data.train) // config.per_device_train_batch_size)
+        stats["packed_rows"] = -(-len(data.train) // config.per_device_train_batch_size)  # one per batch
     elif config.packing is not False:
-        stats["packing_note"] = f"not packing: {blocker or 'no per-example attention for ' + model_type}; padded"
+        stats["packing_note"] = f"not packing: {blocker}; padded batches"
     pairs = []
     for row in data.train.select(range(min(shown, len(data.train)))):
         start = prompt_length(row["chosen_labels"])
