@@ -26,14 +26,14 @@ class DataReport:
     pairs: list[tuple[list[tuple[str, bool]], ...]] = field(default_factory=list)
 
 
-def token_runs(input_ids: list[int], labels: list[int], tokenizer) -> list[tuple[str, bool]]:
+def token_runs(input_ids: list[int], labels: list[int], tokenizer, offset: int = 0) -> list[tuple[str, bool]]:
     """Consecutive tokens with the same trained/masked state, decoded together (so multi-byte
-    characters split over tokens still read correctly)."""
+    characters split over tokens still read correctly). ``offset``: where the tokens start in their sequence."""
     from loratk.engine.data.tokenize import IGNORE_INDEX
 
     runs: list[tuple[list[int], bool]] = []
     for position, (token, label) in enumerate(zip(input_ids, labels)):
-        trained = label != IGNORE_INDEX and position > 0
+        trained = label != IGNORE_INDEX and position + offset > 0
         if runs and runs[-1][1] == trained:
             runs[-1][0].append(token)
         else:
@@ -102,7 +102,7 @@ def _pair_report(data, stats, blocker, config, tokenizer, shown: int) -> DataRep
     for row in data.train.select(range(min(shown, len(data.train)))):
         start = prompt_length(row["chosen_labels"])
         prompt = token_runs(row["chosen_input_ids"][:start], row["chosen_labels"][:start], tokenizer)
-        answers = tuple(token_runs(row[f"{side}_input_ids"][start:], row[f"{side}_labels"][start:], tokenizer)
+        answers = tuple(token_runs(row[f"{side}_input_ids"][start:], row[f"{side}_labels"][start:], tokenizer, start)
                         for side in SIDES)
         pairs.append((prompt, *answers))
     return DataReport(stats, pairs=pairs)
