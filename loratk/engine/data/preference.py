@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from loratk.engine.data.examples import CUT_OFF, DROPPED_LONG, KEPT, TRUNCATED, DataSettings
+from loratk.engine.data.examples import CUT_OFF, DROPPED_LONG, KEPT, TRUNCATED, DataSettings, convert_rows
 from loratk.engine.data.formats import CHAT_ROLES, RowError, _chat
 from loratk.engine.data.tokenize import (IGNORE_INDEX, Tokenized, target_count, tokenize_messages,
                                          tokenize_prompt_completion)
@@ -137,15 +137,7 @@ def tokenize_pairs(rows, source: str, tokenizer, settings: DataSettings):
             out["length"] += len(ids)
         return out
 
-    converted = rows.map(convert, with_indices=True, remove_columns=rows.column_names, desc=None,
-                         load_from_cache_file=False)
-    statuses = list(converted["status"])
-    stats = {"rows": len(rows), "row_format": row_format,
-             "truncated_examples": statuses.count(TRUNCATED),
-             "dropped_long_examples": statuses.count(DROPPED_LONG),
-             "dropped_cut_off_examples": statuses.count(CUT_OFF)}
-    kept = converted.filter(lambda status: status in (KEPT, TRUNCATED), input_columns="status")
-    return kept.remove_columns("status"), stats
+    return convert_rows(rows, convert, row_format)
 
 
 def pair_trained_tokens(pairs) -> int:
