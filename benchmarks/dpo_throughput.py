@@ -175,7 +175,7 @@ def main() -> None:
             result = json.loads(line[len("RESULT "):])
             result["rate"] = result["pairs_timed"] / result["seconds"]
             results[name].append(result)
-            print(f"repeat {repeat + 1}: {name:16s} {result['rate']:6.2f} pairs/s  {result['peak_mb']:7.0f} MB",
+            print(f"repeat {repeat + 1}: {name:16s} {result['rate']:6.3f} pairs/s  {result['peak_mb']:7.0f} MB",
                   file=sys.stderr)
 
     memory_kind = "peak allocated MB" if _cuda() else "peak RSS MB"
@@ -195,7 +195,7 @@ def main() -> None:
         memory = statistics.median(r["peak_mb"] for r in results[name])
         speed = f"{rate / base_rate:.2f}x" if base_rate else "-"
         mem = f"{memory / base_mem:.2f}x" if base_mem else "-"
-        print(f"| {name} | {rate:.2f} | {memory:.0f} | {speed} | {mem} |")
+        print(f"| {name} | {rate:.3f} | {memory:.0f} | {speed} | {mem} |")
 
 
 if __name__ == "__main__":

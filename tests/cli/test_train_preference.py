@@ -51,6 +51,7 @@ def test_dpo_learns_the_preference_and_logs_trls_metrics(dpo_run):
     assert evaluations and evaluations[-1]["eval_rewards/accuracies"] == 1.0
     summary = json.loads((dpo_run / "final" / "loratk_summary.json").read_text())
     assert summary["row_kind"] == "preference" and summary["eval_rewards_accuracies"] == 1.0
+    assert summary["eval_perplexity"] is None  # no perplexity of a preference loss
     assert summary["one_row_batches"] is True  # chosen and rejected packed in one row
     assert "method: dpo" in (dpo_run / "loratk_run.yaml").read_text()
     assert (dpo_run / "training_curves.png").stat().st_size > 0
@@ -123,3 +124,13 @@ def test_dpo_teaches_the_embedded_model_a_preference_it_lacks(tmp_path):
     after = run_cli(["generate", "--adapter", str(tmp_path / "out" / "final"), "--prompt", prompt,
                      "--max_new_tokens", "4"])
     assert after.exit_code == 0 and "Certainly" in after.output, after.output
+
+
+def test_qlora_dpo_takes_the_4bit_base_as_its_reference(tmp_path, tiny_model):
+    out = train(write_pairs(tmp_path / "pairs.jsonl", 8), tiny_model, tmp_path / "out", "--method", "dpo",
+                "--max_steps", "4", "--use_4bit")
+    steps = [r for r in records(out) if "rewards/margins" in r]
+    # the first step's policy is the 4-bit base itself (lora_B starts at zero): no margin, loss log 2
+    assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and steps[0]["rewards/margins"] == 0.0
+    assert steps[-1]["rewards/margins"] > 0.1
+    assert json.loads((out / "final" / "loratk_summary.json").read_text())["hyperparameters"]["use_4bit"] is True

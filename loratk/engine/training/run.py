@@ -220,7 +220,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
         "train_loss": train_losses[-1] if train_losses else output.training_loss,
         "mean_train_loss": output.training_loss,
         "eval_loss": eval_loss,
-        "eval_perplexity": math.exp(min(eval_loss, 50.0)) if eval_loss is not None else None,
+        "eval_perplexity": math.exp(min(eval_loss, 50.0)) if eval_loss is not None and not config.is_preference
+        else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "target_modules": targets,
