@@ -14,7 +14,8 @@ step; max length 512; one epoch; the precision loratk picks for this machine, fo
   trl-checkpointed the same with TRL's default gradient checkpointing (its least memory)
 Each configuration runs in its own process (peak resident memory is its own, or on a GPU the
 peak allocated memory); repeats are interleaved. Rates count from the end of the first optimizer
-step to the end of training; pairs/s is pairs trained over those seconds.
+step to the end of training; pairs/s is pairs trained over those seconds, and pairs per
+CPU-second the same over the process's CPU time (less sensitive to other work on a shared machine).
 """
 
 from __future__ import annotations
@@ -116,10 +117,10 @@ def step_clock():
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 1:
-                self.marks["warm"] = time.perf_counter(), state.global_step
+                self.marks["warm"] = time.perf_counter(), state.global_step, time.process_time()
 
         def on_train_end(self, args, state, control, **kwargs):
-            self.marks["end"] = time.perf_counter(), state.global_step
+            self.marks["end"] = time.perf_counter(), state.global_step, time.process_time()
 
     return StepClock
 
@@ -137,8 +138,8 @@ def worker(name: str, model: str, data: str, precision: str) -> None:
             result = run_loratk(model, data, out)
         else:
             result = run_trl(model, data, out, precision, checkpointing=name == "trl-checkpointed")
-    (warm, first), (end, last) = clock.marks["warm"], clock.marks["end"]
-    result.update(steps=last, seconds=end - warm, pairs_timed=min((last - first) * BATCH, result["pairs"] - BATCH),
+    (warm, first, warm_cpu), (end, last, end_cpu) = clock.marks["warm"], clock.marks["end"]
+    result.update(steps=last, seconds=end - warm, cpu_seconds=end_cpu - warm_cpu, pairs_timed=min((last - first) * BATCH, result["pairs"] - BATCH),
                   peak_mb=peak_memory_mb())
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -174,6 +175,7 @@ def main() -> None:
                 continue
             result = json.loads(line[len("RESULT "):])
             result["rate"] = result["pairs_timed"] / result["seconds"]
+            result["cpu_rate"] = result["pairs_timed"] / result["cpu_seconds"]
             results[name].append(result)
             print(f"repeat {repeat + 1}: {name:16s} {result['rate']:6.3f} pairs/s  {result['peak_mb']:7.0f} MB",
                   file=sys.stderr)
@@ -182,20 +184,24 @@ def main() -> None:
     print(f"\nmachine: {describe()}")
     print(f"model: {args.model}; {args.pairs} pairs, {BATCH} per step, max length {MAX_LEN}, {precision}; "
           f"{args.repeats} interleaved repeat(s)\n")
-    print(f"| config | pairs/s | {memory_kind} | speed vs trl | memory vs trl |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| config | pairs/s | pairs per CPU-second | {memory_kind} | speed vs trl | CPU-time speed vs trl "
+          "| memory vs trl |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = results.get("trl") or []
     base_rate = statistics.median(r["rate"] for r in base) if base else None
     base_mem = statistics.median(r["peak_mb"] for r in base) if base else None
+    base_cpu = statistics.median(r["cpu_rate"] for r in base) if base else None
     for name in configs:
         if not results[name]:
-            print(f"| {name} | failed | | | |")
+            print(f"| {name} | failed | | | | | |")
             continue
         rate = statistics.median(r["rate"] for r in results[name])
         memory = statistics.median(r["peak_mb"] for r in results[name])
         speed = f"{rate / base_rate:.2f}x" if base_rate else "-"
         mem = f"{memory / base_mem:.2f}x" if base_mem else "-"
-        print(f"| {name} | {rate:.3f} | {memory:.0f} | {speed} | {mem} |")
+        cpu_rate = statistics.median(r["cpu_rate"] for r in results[name])
+        cpu_speed = f"{cpu_rate / base_cpu:.2f}x" if base_cpu else "-"
+        print(f"| {name} | {rate:.3f} | {cpu_rate:.3f} | {memory:.0f} | {speed} | {cpu_speed} | {mem} |")
 
 
 if __name__ == "__main__":
