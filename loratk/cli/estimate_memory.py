@@ -19,12 +19,13 @@ Examples:
   loratk estimate-memory llama2-7b-4bit --gpu-memory 24GB        # a recipe's settings
   loratk estimate-memory Qwen/Qwen2.5-7B --per_device_train_batch_size 8 --gradient_checkpointing --json
   loratk estimate-memory ./my-model --device cpu --no-bf16
+  loratk estimate-memory Qwen/Qwen2.5-7B --method dpo --use_4bit      # pairs: two sequences per example
 """
 
 TRAIN_OPTIONS = ("lora_rank", "lora_dropout", "target_modules", "use_4bit", "use_8bit", "quantization",
                  "max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps",
                  "gradient_checkpointing", "bf16", "fp16", "packing", "optim", "trust_remote_code",
-                 "use_dora", "rank_pattern", "modules_to_save", "new_tokens", "add_special_tokens")
+                 "use_dora", "rank_pattern", "modules_to_save", "new_tokens", "add_special_tokens", "method")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 UNITS = {"": 2**30, "g": 2**30, "gb": 2**30, "gib": 2**30, "m": 2**20, "mb": 2**20, "mib": 2**20,
          "t": 2**40, "tb": 2**40, "tib": 2**40}
@@ -100,7 +101,9 @@ def print_report(report: dict) -> None:
 
     s = report["settings"]
     quant = s["quantization"] or "none"
-    title = (f"{report['model']}: batch {s['batch_size']} x {s['seq_len']} tokens, rank {s['rank']}, "
+    pairs = s.get("sequences_per_example", 1) == 2
+    batch = f"{s['batch_size']} pairs (2 x {s['batch_size']} sequences)" if pairs else s["batch_size"]
+    title = (f"{report['model']}: batch {batch} x {s['seq_len']} tokens, rank {s['rank']}, "
              f"{s['precision']}, quantization {quant}{', checkpointing' if s['gradient_checkpointing'] else ''}"
              f" on {s['device']}")
     table = Table(title=title)

@@ -89,6 +89,9 @@ def print_summary(summary: dict, final_dir) -> None:
                   f"{summary['world_size']} process{'es' if summary['world_size'] > 1 else ''})"),
         ("final train loss", number(summary["train_loss"])),
         ("eval loss / perplexity", f"{number(summary['eval_loss'])} / {number(summary['eval_perplexity'], '{:.2f}')}"),
+        *([("eval reward accuracy / margin", f"{summary['eval_rewards_accuracies']:.3f} / "
+                                             f"{summary['eval_rewards_margins']:.3f}")]
+          if "eval_rewards_accuracies" in summary else []),
         ("peak memory", f"{summary['peak_rss_mb']:,.0f} MB resident"),
         ("adapter", str(final_dir) + (f"\n{summary['adapter_form']}" if summary.get("adapter_form") else "")),
     ]

@@ -21,6 +21,9 @@ OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bi
 EMBEDDED_MODEL = "smollm2-135m"
 INIT_LORA_WEIGHTS = ("gaussian", "pissa", "olora", "loftq")
 _PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
+METHODS = ("sft", "dpo", "orpo", "simpo")
+PREFERENCE_METHODS = ("dpo", "orpo", "simpo")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -106,6 +109,19 @@ class TrainConfig:
     save_steps: int = _opt(500, "Save a checkpoint every N optimizer steps.")
     save_total_limit: int = _opt(2, "Keep at most this many checkpoints.")
     report_to: str = _opt("none", "Also log to an experiment tracker.", choices=REPORT_TO)
+    # Preference tuning
+    method: str = _opt("sft", "Objective: sft (supervised), or dpo, orpo, simpo on prompt/chosen/rejected pairs.",
+                       choices=METHODS)
+    beta: float = _opt(0.1, "dpo: strength of the pull towards the reference (beta); simpo: reward scale.")
+    loss_type: str = _opt("sigmoid", "dpo: the loss on the reward margin (sigmoid as in the paper, ipo, hinge).",
+                          choices=DPO_LOSS_TYPES)
+    simpo_gamma: float = _opt(0.5, "simpo: target reward margin gamma.")
+    orpo_alpha: float = _opt(0.1, "orpo: weight (the paper's lambda) of the odds-ratio term added to the chosen "
+                             "answer's NLL.")
+    label_smoothing: float = _opt(0.0, "dpo (sigmoid), simpo: assumed chance that a pair's preference is flipped, "
+                                  "in [0, 0.5).")
+    precompute_ref_log_probs: bool = _opt(False, "dpo: compute the reference log-probabilities once before "
+                                          "training (cached with the data) instead of in every step.", flag=True)
     # Run control
     resume: bool = _opt(False, "Continue from the newest checkpoint in output_dir.", flag=True, recorded=False)
     overwrite: bool = _opt(False, "Replace a finished adapter already in output_dir.", flag=True, recorded=False)
@@ -175,6 +191,7 @@ class TrainConfig:
                             + did_you_mean(self.optim, OPTIMIZERS))
         if self.report_to not in REPORT_TO:
             problems.append(f"report_to {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
+        problems += self._preference_problems()
         if self.target_modules is not None and not self.target_module_list() and self.target_modules.strip() != "auto":
             problems.append(f"target_modules {self.target_modules!r} names no module")
         problems += self.variant_problems()
@@ -215,6 +232,33 @@ class TrainConfig:
                 if value <= 0:
                     problems.append(f"{name}: {module} must be greater than 0, got {value}")
         return problems
+
+    def _preference_problems(self) -> list[str]:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method {self.method!r} is not one of {', '.join(METHODS)}"
+                            + did_you_mean(self.method, METHODS))
+        if self.loss_type not in DPO_LOSS_TYPES:
+            problems.append(f"loss_type {self.loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}"
+                            + did_you_mean(self.loss_type, DPO_LOSS_TYPES))
+        if self.beta <= 0:
+            problems.append(f"beta must be greater than 0, got {self.beta}")
+        if self.orpo_alpha < 0:
+            problems.append(f"orpo_alpha must not be negative, got {self.orpo_alpha}")
+        if not 0 <= self.label_smoothing < 0.5:
+            problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and (self.method not in ("dpo", "simpo") or
+                                     self.method == "dpo" and self.loss_type != "sigmoid"):
+            problems.append(f"label_smoothing applies to dpo with loss_type sigmoid and to simpo, "
+                            f"not to {self.method}{' ' + self.loss_type if self.method == 'dpo' else ''}")
+        if self.precompute_ref_log_probs and self.method != "dpo":
+            problems.append(f"precompute_ref_log_probs applies to dpo only ({self.method} has no reference model)")
+        return problems
+
+    @property
+    def is_preference(self) -> bool:
+        """Whether the run trains on chosen/rejected pairs (dpo, orpo, simpo)."""
+        return self.method in PREFERENCE_METHODS
 
     @property
     def quantization_name(self) -> str | None:

@@ -119,3 +119,13 @@ def test_variants_add_what_they_train_and_keep():
     assert head["trainable_parameters"] - plain["trainable_parameters"] == 49152 * 576  # a copy of the (tied) head
     assert tokens["trainable_parameters"] - plain["trainable_parameters"] == 2 * 576  # tied: one row per token
     assert "DoRA magnitudes" in json.dumps(dora["components"])
+
+
+def test_preference_pairs_count_as_two_sequences_and_the_reference_adds_nothing():
+    dpo = estimate_json("HuggingFaceTB/SmolLM2-135M", "--method", "dpo", "--per_device_train_batch_size", "4")
+    sft_double = estimate_json("HuggingFaceTB/SmolLM2-135M", "--per_device_train_batch_size", "8")
+    sft = estimate_json("HuggingFaceTB/SmolLM2-135M", "--per_device_train_batch_size", "4")
+    assert dpo["settings"]["sequences_per_example"] == 2 and dpo["settings"]["batch_size"] == 4
+    assert dpo["total_bytes"] == sft_double["total_bytes"] > sft["total_bytes"]
+    table = run_cli(["estimate-memory", "HuggingFaceTB/SmolLM2-135M", "--method", "dpo"])
+    assert "batch 4 pairs (2 x 4 sequences)" in table.output

@@ -95,3 +95,24 @@ def test_an_fsdp_config_is_refused_on_cpu_where_it_would_run_as_ddp(text_data, t
     assert result.exit_code != 0
     assert "FSDP" in result.output and "cpu-2proc.yaml" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_dpo_on_two_processes_matches_one(tiny_model, tmp_path):
+    """Each process's reference pass (the adapter off) and its loss, a mean over its pairs; DDP
+    averages the gradients: the same as one process with both halves of the batch."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"example {i} says", "chosen": f" {w}", "rejected": " no"}) + "\n"
+                            for i, w in enumerate(WORDS)), encoding="utf-8")
+    dpo = ["--method", "dpo"]
+    result = run_cli(["train", *common(data, tiny_model, tmp_path / "one"), *dpo, "--per_device_train_batch_size", "4"])
+    assert result.exit_code == 0, result.output
+    proc = subprocess.run([*LAUNCHERS["torchrun"], "-m", "loratk", "train", *common(data, tiny_model, tmp_path / "two"),
+                           *dpo, "--per_device_train_batch_size", "2"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+    one = load_file(tmp_path / "one" / "final" / "adapter_model.safetensors")
+    two = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < TOLERANCE

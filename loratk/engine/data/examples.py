@@ -44,6 +44,12 @@ def tokenize_source(rows, source: str, tokenizer, settings: DataSettings):
             status = CUT_OFF
         return {"input_ids": ids, "labels": labels, "length": len(ids), "status": status}
 
+    return convert_rows(rows, convert, row_format)
+
+
+def convert_rows(rows, convert, row_format: str):
+    """(kept examples, stats): ``convert(row, index)`` applied to every row, its ``status`` counted,
+    and the rows it kept (or truncated) returned without that column."""
     # In memory: datasets would otherwise write its cache files beside the source's own (a user's
     # save_to_disk folder, perhaps read-only); loratk's cache (cache.py) stores the result.
     converted = rows.map(convert, with_indices=True, remove_columns=rows.column_names,

@@ -59,6 +59,9 @@ def detect_format(columns: Sequence[str], text_column: str = "text", source: str
         return "prompt_completion"
     if text_column in present:
         return "text"
+    if {"chosen", "rejected"} <= present:
+        raise DataError(f"{source} holds preference pairs (chosen/rejected), which supervised training cannot use",
+                        "train on them with --method dpo (or orpo, simpo)")
     raise DataError(
         f"{source} has no column loratk recognises; its columns are: {', '.join(columns)}",
         f"use a {text_column!r} column (or name yours with --text_column), instruction/input/output, "

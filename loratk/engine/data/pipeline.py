@@ -23,6 +23,7 @@ class PreparedData:
     packing: bool | None = None  # asked for: True, False, or None (wherever it is exact)
     max_seq_length: int = 512
     pad_token_id: int = 0
+    pairs: bool = False  # preference pairs (chosen_/rejected_ columns) rather than single examples
 
     def arrange_for(self, model, batch_size: int = 1) -> None:
         """Pack the examples when that is exact for ``model`` (and wanted), else pad them."""
@@ -31,6 +32,21 @@ class PreparedData:
                                                 padded_efficiency)
 
         blocker = packing_blocker(model) if self.packing is not False else "packing is off (--no-packing)"
+        if self.pairs:
+            from loratk.engine.data.preference import SIDES, PairCollator
+
+            # A batch's 2B sequences go in one row only where attention runs per example whatever the
+            # row; a masked kernel would pay for the whole row squared.
+            packed = blocker is None and batches_as_one_row(model)
+            self.collator = PairCollator(self.pad_token_id, packed=packed)
+            self.stats["packing"] = packed
+            lengths = [len(ids) for side in SIDES for ids in self.train[f"{side}_input_ids"]]
+            self.stats["packing_efficiency"] = 1.0 if packed else round(padded_efficiency(lengths, batch_size), 4)
+            if packed:
+                self.stats["one_row_batches"] = True
+            elif self.packing is not False:
+                self.stats["packing_note"] = f"not packing: {blocker or 'the attention is masked'}; padded batches"
+            return
         if self.packing is not False and blocker:
             self.stats["packing_note"] = f"not packing: {blocker}; using padded batches grouped by length"
         if blocker is None:
@@ -60,6 +76,7 @@ def load_examples(sources: Sequence[str], config: TrainConfig, tokenizer):
     from loratk.engine.data.cache import cache_key, cached, content_fingerprint, tokenizer_fingerprint
     from loratk.engine.data.examples import tokenize_source
     from loratk.engine.data.formats import ROW_FORMATS
+    from loratk.engine.data.preference import tokenize_pairs
     from loratk.engine.data.sources import load_source
 
     if not sources:
@@ -78,11 +95,13 @@ def load_examples(sources: Sequence[str], config: TrainConfig, tokenizer):
             fingerprint = rows._fingerprint
         recipe = {**settings.as_dict(), "source_format": file_format,
                   **{k: v for k, v in options.items() if k != "seed"}}
+        if config.is_preference:
+            recipe["pairs"] = True
         key = cache_key(fingerprint, tokenizer_fp, recipe)
 
         def build(source=source, rows=rows):
             rows = rows if rows is not None else load_source(source, options, file_format)
-            return tokenize_source(rows, source, tokenizer, settings)
+            return (tokenize_pairs if config.is_preference else tokenize_source)(rows, source, tokenizer, settings)
 
         examples, stats, hit = cached(key, build)
         hits += hit
@@ -136,6 +155,7 @@ def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
     until :meth:`PreparedData.arrange_for` sees the model."""
     from loratk.engine.data.collate import PadCollator
     from loratk.engine.data.packing import packing_efficiency
+    from loratk.engine.data.preference import pair_trained_tokens
     from loratk.engine.data.tokenize import target_count
 
     examples, stats, kind = load_examples(config.dataset_path, config, tokenizer)
@@ -150,10 +170,12 @@ def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
         "eval_examples": 0 if held_out is None else len(held_out),
         "dropped_examples": stats["dropped_long_examples"] + stats["dropped_cut_off_examples"],
         "tokens": sum(lengths),
-        "trained_tokens": sum(target_count(labels) for labels in examples["labels"]),
+        "trained_tokens": pair_trained_tokens(examples) if config.is_preference
+        else sum(target_count(labels) for labels in examples["labels"]),
         "token_lengths": length_stats(lengths),
         "packing_efficiency": round(packing_efficiency(list(train["length"]), config.max_seq_length), 4),
         "packing": False,  # until arrange_for() sees the model
     })
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return PreparedData(train, held_out, PadCollator(pad), kind, stats, config.packing, config.max_seq_length, pad)
+    return PreparedData(train, held_out, PadCollator(pad), kind, stats, config.packing, config.max_seq_length, pad,
+                        pairs=config.is_preference)

@@ -22,16 +22,18 @@ class DataReport:
     stats: dict[str, Any]
     # Per example: runs of (text, trained) in token order.
     examples: list[list[tuple[str, bool]]] = field(default_factory=list)
+    # Preference data, per pair: the shared prompt, then the chosen and the rejected answer, as runs.
+    pairs: list[tuple[list[tuple[str, bool]], ...]] = field(default_factory=list)
 
 
-def token_runs(input_ids: list[int], labels: list[int], tokenizer) -> list[tuple[str, bool]]:
+def token_runs(input_ids: list[int], labels: list[int], tokenizer, offset: int = 0) -> list[tuple[str, bool]]:
     """Consecutive tokens with the same trained/masked state, decoded together (so multi-byte
-    characters split over tokens still read correctly)."""
+    characters split over tokens still read correctly). ``offset``: where the tokens start in their sequence."""
     from loratk.engine.data.tokenize import IGNORE_INDEX
 
     runs: list[tuple[list[int], bool]] = []
     for position, (token, label) in enumerate(zip(input_ids, labels)):
-        trained = label != IGNORE_INDEX and position > 0
+        trained = label != IGNORE_INDEX and position + offset > 0
         if runs and runs[-1][1] == trained:
             runs[-1][0].append(token)
         else:
@@ -73,6 +75,8 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     if new_token_ids:
         stats["new_token_ids"] = new_token_ids
     blocker = predicted_packing_blocker(config, model_path)
+    if data.pairs:
+        return _pair_report(data, stats, blocker, config, tokenizer, examples_shown)
     stats["packing"] = blocker is None
     stats["padded_efficiency"] = round(padded_efficiency(list(data.train["length"]),
                                                          config.per_device_train_batch_size), 4)
@@ -85,6 +89,30 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     shown = data.train.select(range(min(examples_shown, len(data.train))))
     runs = [token_runs(row["input_ids"], row["labels"], tokenizer) for row in shown]
     return DataReport(stats, runs)
+
+
+def _pair_report(data, stats, blocker, config, tokenizer, shown: int) -> DataReport:
+    """A batch's pairs go through the model as 2B sequences in one row (where the model's
+    attention can run per example, which only loading it tells; padded otherwise)."""
+    from loratk.engine.data.packing import padded_efficiency
+    from loratk.engine.data.preference import SIDES, prompt_length
+
+    lengths = [len(ids) for side in SIDES for ids in data.train[f"{side}_input_ids"]]
+    stats["padded_efficiency"] = round(padded_efficiency(lengths, 2 * config.per_device_train_batch_size), 4)
+    stats["packing"] = blocker is None
+    stats["packing_efficiency"] = 1.0 if stats["packing"] else stats["padded_efficiency"]
+    if stats["packing"]:
+        stats["packed_rows"] = -(-len(data.train) // config.per_device_train_batch_size)  # one per batch
+    elif config.packing is not False:
+        stats["packing_note"] = f"not packing: {blocker}; padded batches"
+    pairs = []
+    for row in data.train.select(range(min(shown, len(data.train)))):
+        start = prompt_length(row["chosen_labels"])
+        prompt = token_runs(row["chosen_input_ids"][:start], row["chosen_labels"][:start], tokenizer)
+        answers = tuple(token_runs(row[f"{side}_input_ids"][start:], row[f"{side}_labels"][start:], tokenizer, start)
+                        for side in SIDES)
+        pairs.append((prompt, *answers))
+    return DataReport(stats, pairs=pairs)
 
 
 def print_report(report: DataReport, console) -> None:
@@ -117,6 +145,12 @@ def print_report(report: DataReport, console) -> None:
         bar = "█" * round(30 * bin_["examples"] / widest)
         console.print(f"{bin_['from']:>6}-{bin_['to']:<6} {bar} {bin_['examples']}", highlight=False)
     legend = Text.assemble(("trained", TRAINED_STYLE), " / ", ("masked (no loss)", MASKED_STYLE))
+    for number, (prompt, chosen, rejected) in enumerate(report.pairs, 1):
+        console.rule(Text.assemble(f"pair {number}: ", legend))
+        for title, runs in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+            console.print(Text.assemble((f"[{title}] ", "bold"), *[(text, TRAINED_STYLE if trained else MASKED_STYLE)
+                                                                   for text, trained in runs]),
+                          highlight=False, markup=False)
     for number, runs in enumerate(report.examples, 1):
         console.rule(Text.assemble(f"example {number}: ", legend))
         console.print(Text.assemble(*[(text, TRAINED_STYLE if trained else MASKED_STYLE) for text, trained in runs]),

@@ -82,8 +82,12 @@ def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[in
     return full, spans
 
 
-def tokenize_messages(messages: list[dict], tokenizer, train_on_inputs: bool = False) -> Tokenized:
+def tokenize_messages(messages: list[dict], tokenizer, train_on_inputs: bool = False,
+                      first_trained_message: int = 0) -> Tokenized:
+    """``first_trained_message``: assistant turns before this message are not trained (a preference
+    pair's prompt may hold earlier replies; only the answer is trained)."""
     full, spans = assistant_spans(messages, tokenizer)
+    spans = spans[sum(1 for m in messages[:first_trained_message] if m.get("role") == "assistant"):]
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
     if train_on_inputs:

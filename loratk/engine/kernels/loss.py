@@ -32,35 +32,9 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        # Buffers serve every chunk: a fresh chunk-sized tensor per step of the loop would cost its
-        # page faults again each time (tens of ms on CPU). A head in fp32 writes its logits into the
-        # fp32 buffer, where the softmax runs in place. A half-precision head writes a half chunk,
-        # and the fp32 softmax runs on SOFTMAX_ROWS of it at a time, in a buffer that stays in cache.
-        rows = min(chunk, hidden.shape[0])
-        half = weight.dtype != torch.float32
-        size = (min(rows, SOFTMAX_ROWS) if half else rows, weight.shape[0])
-        buffer = torch.empty(size, dtype=torch.float32, device=hidden.device)
-        logits_buffer = torch.empty((rows, weight.shape[0]), dtype=weight.dtype, device=hidden.device) if half else buffer
-        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
-            for start in range(0, hidden.shape[0], chunk):
-                target = targets[start:start + chunk]
-                count = target.shape[0]
-                # the head's precision, as the model would compute it
-                logits = torch.matmul(hidden[start:start + chunk].to(weight.dtype), weight.T, out=logits_buffer[:count])
-                if not half:
-                    total += _softmax_minus_one_hot_(logits, target)
-                else:
-                    for first in range(0, count, SOFTMAX_ROWS):
-                        part = logits[first:first + SOFTMAX_ROWS]
-                        scores = buffer[:part.shape[0]].copy_(part)
-                        total += _softmax_minus_one_hot_(scores, target[first:first + SOFTMAX_ROWS])
-                        part.copy_(scores)
-                if grad is not None:
-                    grad[start:start + chunk] = (logits @ weight).to(hidden.dtype)
+        losses, grad = _chunked_token_losses(hidden, weight, targets, chunk, ctx.needs_input_grad[0])
         ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
-        return total
+        return losses.sum()
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
@@ -68,13 +42,65 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None, None, None
 
 
+class LinearTokenLosses(torch.autograd.Function):
+    """Cross-entropy of each row of ``hidden @ weight.T`` against ``targets`` (minus the log-probability
+    of each target), in chunks, as :class:`LinearCrossEntropy` computes it. Each row's loss has a
+    gradient of its own (preference losses weigh the tokens of each sequence differently), so the
+    gradient kept is per row and scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+        losses, grad = _chunked_token_losses(hidden, weight, targets, chunk, ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output[:, None].to(grad.dtype), None, None, None
+
+
+def _chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                          want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(fp32 loss of each row, the gradient of each row's loss for ``hidden`` or None)."""
+    losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    grad = torch.empty_like(hidden) if want_grad else None
+    # Buffers serve every chunk: a fresh chunk-sized tensor per step of the loop would cost its
+    # page faults again each time (tens of ms on CPU). A head in fp32 writes its logits into the
+    # fp32 buffer, where the softmax runs in place. A half-precision head writes a half chunk,
+    # and the fp32 softmax runs on SOFTMAX_ROWS of it at a time, in a buffer that stays in cache.
+    rows = min(chunk, hidden.shape[0])
+    half = weight.dtype != torch.float32
+    size = (min(rows, SOFTMAX_ROWS) if half else rows, weight.shape[0])
+    buffer = torch.empty(size, dtype=torch.float32, device=hidden.device)
+    logits_buffer = torch.empty((rows, weight.shape[0]), dtype=weight.dtype, device=hidden.device) if half else buffer
+    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
+        for start in range(0, hidden.shape[0], chunk):
+            target = targets[start:start + chunk]
+            count = target.shape[0]
+            # the head's precision, as the model would compute it
+            logits = torch.matmul(hidden[start:start + chunk].to(weight.dtype), weight.T, out=logits_buffer[:count])
+            if not half:
+                losses[start:start + count] = _softmax_minus_one_hot_(logits, target)
+            else:
+                for first in range(0, count, SOFTMAX_ROWS):
+                    part = logits[first:first + SOFTMAX_ROWS]
+                    scores = buffer[:part.shape[0]].copy_(part)
+                    at = start + first
+                    losses[at:at + part.shape[0]] = _softmax_minus_one_hot_(scores, target[first:first + SOFTMAX_ROWS])
+                    part.copy_(scores)
+            if grad is not None:
+                grad[start:start + chunk] = (logits @ weight).to(hidden.dtype)
+    return losses, grad
+
+
 def _softmax_minus_one_hot_(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The summed cross-entropy of fp32 ``logits`` rows; turns them into softmax minus one-hot in place."""
+    """The cross-entropy of each fp32 ``logits`` row; turns them into softmax minus one-hot in place."""
     picked = logits.gather(1, target[:, None]).squeeze(1)
     peak = logits.amax(dim=-1, keepdim=True)
     probs = logits.sub_(peak).exp_()
     norm = probs.sum(dim=-1, keepdim=True)
-    loss = (peak.squeeze(1) + norm.log().squeeze(1) - picked).sum()
+    loss = peak.squeeze(1) + norm.log().squeeze(1) - picked
     probs.div_(norm)
     probs[torch.arange(target.shape[0], device=probs.device), target] -= 1.0
     return loss

@@ -97,6 +97,14 @@ class MemorySettings:
     rank_pattern: tuple[tuple[str, int], ...] = ()  # (module short name, rank) pairs
     modules_to_save: tuple[str, ...] = ()
     new_tokens: int = 0
+    # Preference tuning: each example is a pair, two sequences in the same forward. DPO's reference
+    # pass runs first, without gradients, so it keeps nothing and adds no term of its own.
+    sequences_per_example: int = 1
+
+    @property
+    def sequences(self) -> int:
+        """Sequences in one micro-batch's forward."""
+        return self.batch_size * self.sequences_per_example
 
 
 @dataclass
@@ -212,7 +220,7 @@ def estimate(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
     # bitsandbytes' 4-bit layers return their input's dtype (the fp32 residual stream), its 8-bit
     # layers the compute dtype.
     linear_out = compute if not quantized or s.quantization in OUTPUT_IN_COMPUTE_DTYPE else residual
-    tokens = s.batch_size * s.seq_len
+    tokens = s.sequences * s.seq_len
 
     bits = s.bits_per_weight or UNKNOWN_BACKEND_BITS
     if quantized:
@@ -349,9 +357,9 @@ def _layer_activations(shape: ModelShape, s: MemorySettings, tokens: int, comput
     else:
         # q, k, v, the output and the log-sum-exp (sdpa and loratk's per-example attention alike:
         # its pieces are views)
-        attention = tokens * (2 * q_width + 2 * kv_width) * compute + s.batch_size * shape.heads * s.seq_len * 4
+        attention = tokens * (2 * q_width + 2 * kv_width) * compute + s.sequences * shape.heads * s.seq_len * 4
     if s.attn_implementation == "eager":
-        scores = s.batch_size * shape.heads * s.seq_len * s.seq_len
+        scores = s.sequences * shape.heads * s.seq_len * s.seq_len
         attention += tokens * 2 * (q_width - kv_width) * compute  # keys and values repeated per head
         attention += scores * (4 + compute + (2 * compute if shape.attn_softcap else 0))
     # the gated MLP's gate, up and silu(gate) (loratk's: gate and up); a plain MLP's two

@@ -58,7 +58,8 @@ def _settings(config, resolve_targets: Callable, device: str, optimizer: str | N
         attn_implementation=attn_implementation, use_dora=config.use_dora,
         rank_pattern=tuple((config.rank_pattern or {}).items()),
         modules_to_save=tuple(config.modules_to_save_list()),
-        new_tokens=len(config.new_tokens) + len(config.add_special_tokens))
+        new_tokens=len(config.new_tokens) + len(config.add_special_tokens),
+        sequences_per_example=2 if getattr(config, "is_preference", False) else 1)
 
 
 def memory_report(name: str, source: str, summary, config, *, device: str = "cuda", optimizer: str | None = None,

@@ -10,6 +10,7 @@ from loratk.fileio import atomic_directory
 
 FINAL_DIR = "final"
 CURVES_FILE = "training_curves.png"
+REWARD_CURVES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "eval_rewards/margins")
 
 
 def has_finished_adapter(output_dir: str | Path) -> bool:
@@ -76,8 +77,8 @@ def write_final_adapter(model, tokenizer, output_dir: str | Path, summary: dict[
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
-    """Loss, eval loss and learning rate over steps as a PNG; None when nothing was logged or
-    matplotlib is not installed (the metrics are in metrics.jsonl either way)."""
+    """Loss, eval loss and learning rate over steps as a PNG (preference runs: the rewards too);
+    None when nothing was logged or matplotlib is not installed (the metrics are in metrics.jsonl either way)."""
     train = [(r["step"], r["loss"]) for r in history if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
     rates = [(r["step"], r["learning_rate"]) for r in history if "learning_rate" in r]
@@ -91,7 +92,16 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, lr_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    rewards = {name: [(r["step"], r[name]) for r in history if name in r] for name in REWARD_CURVES}
+    rewards = {name: points for name, points in rewards.items() if points}
+    fig, axes = plt.subplots(3 if rewards else 2, 1, figsize=(8, 9 if rewards else 6), sharex=True)
+    loss_ax, lr_ax = axes[0], axes[-1]
+    if rewards:
+        for name, points in rewards.items():
+            axes[1].plot(*zip(*points), label=name, marker=".")
+        axes[1].set_ylabel("reward")
+        axes[1].legend()
+        axes[1].grid(alpha=0.3)
     if train:
         loss_ax.plot(*zip(*train), label="train loss", marker=".")
     if evals:

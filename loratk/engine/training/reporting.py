@@ -48,8 +48,15 @@ class MetricsFile(TrainerCallback):
         append_line(self.path, json.dumps(record))
 
 
+def reward_summary(logs: dict) -> str:
+    """Preference runs: the reward accuracy and margin, as the progress bar shows them."""
+    if "rewards/accuracies" not in logs:
+        return ""
+    return f"reward acc {logs['rewards/accuracies']:.2f} margin {logs.get('rewards/margins', 0.0):.3f}"
+
+
 class RichProgress(TrainerCallback):
-    """Step, loss, learning rate, tokens/s and ETA in a single bar."""
+    """Step, loss, learning rate, tokens/s, (preference runs) reward accuracy and margin, and ETA in a single bar."""
 
     def __init__(self, console):
         self.console = console
@@ -66,12 +73,12 @@ class RichProgress(TrainerCallback):
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[rate]} tok/s"), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]} tok/s"), TextColumn("{task.fields[rewards]}"), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
-                                           loss="-", lr="-", rate="-")
+                                           loss="-", lr="-", rate="-", rewards="")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -80,7 +87,8 @@ class RichProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.progress is not None and logs and "loss" in logs:
-            self.progress.update(self.task, loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}")
+            self.progress.update(self.task, loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
+                                 rewards=reward_summary(logs))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

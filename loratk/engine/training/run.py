@@ -212,11 +212,16 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
         else:
             keep_metrics_until(metrics.path, int(resume_from.name.rsplit("-", 1)[1]))
     stopper = StopOnSignal()
-    trainer = LoratkTrainer(model=model, args=training_arguments(config, precision, data.eval is not None,
-                                                                    group_by_length=not data.stats["packing"]),
+    trainer_class, extra = LoratkTrainer, {}
+    if config.is_preference:
+        from loratk.engine.training.preference_trainer import preference_trainer_options
+
+        trainer_class, extra = preference_trainer_options(config, model, data, precision, model_path)
+    trainer = trainer_class(model=model, args=training_arguments(config, precision, data.eval is not None,
+                                                                 group_by_length=not data.stats["packing"]),
                             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
                             data_collator=data.collator, loraplus_lr_ratio=config.loraplus_lr_ratio,
-                            callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper])
+                            callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper], **extra)
     trainer.remove_callback(PrinterCallback)  # loratk's progress bar replaces the dict printing
     with stopper.installed():
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -224,7 +229,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
         raise Interrupted(f"training interrupted at step {trainer.state.global_step}; "
                           f"checkpoint saved in {out / f'checkpoint-{trainer.state.global_step}'}",
                           f"resume with: {resume_command(config)}", stopper.exit_code)
-    eval_loss = trainer.evaluate()["eval_loss"] if data.eval is not None else None
+    evaluation = trainer.evaluate() if data.eval is not None else {}
+    eval_loss = evaluation.get("eval_loss")
     train_losses = [r["loss"] for r in metrics.history if "loss" in r]
     summary = {
         "base_model": config.model_name_or_path or "smollm2-135m",
@@ -238,7 +244,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
         "train_loss": train_losses[-1] if train_losses else output.training_loss,
         "mean_train_loss": output.training_loss,
         "eval_loss": eval_loss,
-        "eval_perplexity": math.exp(min(eval_loss, 50.0)) if eval_loss is not None else None,
+        "eval_perplexity": math.exp(min(eval_loss, 50.0)) if eval_loss is not None and not config.is_preference
+        else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "target_modules": targets,
@@ -254,6 +261,7 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
         "runtime_seconds": output.metrics.get("train_runtime"),
         "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
         **peak_memory_mb(),
+        **{k.replace("/", "_"): v for k, v in evaluation.items() if k.startswith("eval_rewards/")},
         "hyperparameters": {k: v for k, v in config.recorded().items() if k not in ("dataset_path", "output_dir")},
     }
     final = out / "final"

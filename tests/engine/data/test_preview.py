@@ -39,3 +39,23 @@ def test_printed_report_highlights_trained_and_dims_masked_tokens(tmp_path, tiny
     assert "\x1b[2m<|im_start|>user" in styled  # dim: masked
     plain = console.export_text()
     assert "3 of 3 rows" in plain and "token lengths" in plain
+
+
+def test_pairs_show_the_shared_prompt_and_both_answers_trained_tokens(tmp_path, tiny_model):
+    from rich.console import Console
+
+    path = tmp_path / "prefs.jsonl"
+    row = {"prompt": [{"role": "user", "content": "ping"}], "chosen": "pong", "rejected": "no"}
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    report = dry_run(TrainConfig.from_mapping({"dataset_path": [str(path)], "model_name_or_path": str(tiny_model),
+                                               "method": "dpo"}))
+    (prompt, chosen, rejected), = report.pairs
+    assert "".join(text for text, _ in prompt) == "<|im_start|>user\nping<|im_end|>\n<|im_start|>assistant\n"
+    assert not any(trained for _, trained in prompt)
+    assert [text for text, trained in chosen if trained] == ["pong<|im_end|>"]
+    assert [text for text, trained in rejected if trained] == ["no<|im_end|>"]
+    assert report.stats["row_kind"] == "preference" and report.stats["examples"] == 1
+    console = Console(record=True, width=100)
+    print_report(report, console)
+    text = console.export_text()
+    assert "pair 1" in text and "[chosen] pong<|im_end|>" in text and "[rejected] no<|im_end|>" in text
