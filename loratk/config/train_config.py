@@ -7,6 +7,7 @@ configuration written next to each run is their values.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -108,6 +109,14 @@ class TrainConfig:
     def validate(self, source: str = "configuration") -> None:
         """Check the values together; raise ConfigError listing every problem."""
         problems = []
+        # inf and nan pass every comparison below (nan compares false both ways), so they go first.
+        infinite = {f.name for f in dataclasses.fields(self)
+                    if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))}
+        problems += [f"{name} must be a finite number, got {getattr(self, name)}" for name in sorted(infinite)]
+        if not self.output_dir.strip():
+            problems.append("output_dir must not be empty")
+        if problems:
+            raise ConfigError(problems, source)
 
         def positive(name: str) -> None:
             if getattr(self, name) <= 0:

@@ -18,7 +18,7 @@ from loratk.config.recipes import RUN_FILE, dump_run_config
 from loratk.config.train_config import TrainConfig
 from loratk.engine.memory.measure import peak_memory_mb
 from loratk.engine.quiet import quiet_libraries
-from loratk.errors import Interrupted
+from loratk.errors import Interrupted, LoratkError
 from loratk.fileio import append_line, atomic_write_text
 
 
@@ -105,7 +105,8 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool, grou
         disable_tqdm=True,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        prediction_loss_only=True,  # evaluation needs the loss only, never the logits
+        prediction_loss_only=True,
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run (LoratkTrainer); never average it away  # evaluation needs the loss only, never the logits
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if group_by_length else "random",  # padded batches
     )
@@ -135,22 +136,34 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
 
     from loratk.engine.kernels.attention import use_varlen_attention
     from loratk.engine.memory.checkpointing_policy import choose_gradient_checkpointing
-    from loratk.engine.training.checkpoints import MarkCompleteCheckpoints, discard_incomplete
+    from loratk.engine.training.checkpoints import MarkCompleteCheckpoints, discard_all, discard_incomplete, set_aside
     from loratk.engine.data.pipeline import prepare_data
     from loratk.engine.training.distributed import device_map_for_quantized, is_main_process, using_fsdp, world_size
     from loratk.engine.training.interrupts import StopOnSignal
     from loratk.engine.models.loading import load_config, load_model, load_tokenizer, resolve_model_path
     from loratk.engine.training.outputs import CURVES_FILE, plot_curves, write_final_adapter
     from loratk.engine.models.precision import choose_precision
-    from loratk.engine.training.preflight import check_output_dir, check_writable
-    from loratk.engine.training.reporting import MetricsFile, RichProgress
+    from loratk.engine.training.preflight import (check_model_limits, check_output_dir, check_writable,
+                                                  checkpoints_at_peak, space_needed, tokenizer_bytes)
+    from loratk.engine.training.reporting import MetricsFile, RichProgress, warn
     from loratk.engine.models.targets import resolve_target_modules
     from loratk.engine.training.trainer import LoratkTrainer
 
     main = is_main_process()
-    resume_from = check_output_dir(config)
+    resume = check_output_dir(config)
+    resume_from = resume.checkpoint if resume else None
+    if resume is not None:
+        for path, problem in resume.damaged:
+            warn(console, f"{path.name} is damaged ({problem}); resuming from {resume_from.name} instead "
+                          f"({path.name} is moved to damaged-{path.name})")
+        if resume.changes is None:
+            warn(console, f"{RUN_FILE} is missing or unreadable: the settings cannot be checked against "
+                          f"those {resume_from.name} was trained with")
+        elif resume.changes:
+            warn(console, f"resuming {resume_from.name} with changed settings: {'; '.join(resume.changes)}")
     model_path = resolve_model_path(config.model_name_or_path)
-    load_config(model_path, config.trust_remote_code)
+    for warning in check_model_limits(config, load_config(model_path, config.trust_remote_code)):
+        warn(console, warning)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     precision = choose_precision(config.bf16, config.fp16)
@@ -179,23 +192,33 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     out = Path(config.output_dir)
     metrics = MetricsFile(out)
     if main:
-        check_writable(out, trainable, config.save_total_limit)
+        kept = checkpoints_at_peak(config, len(data.train), world_size())
+        check_writable(out, space_needed(trainable, kept, tokenizer_bytes(model_path)))
         discard_incomplete(out)
+        if resume is not None:
+            for path, _ in resume.damaged:
+                set_aside(path)
+        elif config.overwrite:
+            discard_all(out)  # the earlier run's checkpoints must not mix with this run's
         header = f"Written by loratk train. Reproduce this run with:\n  loratk train --recipe {out / RUN_FILE}"
+        if resume is not None and resume.changes:  # what ran before the checkpoint, and what runs now
+            header += f"\nResumed from {resume_from.name} with changed settings: {'; '.join(resume.changes)}"
         atomic_write_text(out / RUN_FILE, dump_run_config(config, header))
         if resume_from is None:
             metrics.path.unlink(missing_ok=True)
         else:
-            keep_metrics_until(metrics.path, int(resume_from.name.rsplit("-", 1)[1]))
+            keep_metrics_until(metrics.path, resume.step)
     stopper = StopOnSignal()
+    progress = RichProgress(console)
     trainer = LoratkTrainer(model=model, args=training_arguments(config, precision, data.eval is not None,
                                                                     group_by_length=not data.stats["packing"]),
                             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
                             data_collator=data.collator,
-                            callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper])
+                            callbacks=[MarkCompleteCheckpoints(), metrics, progress, stopper])
     trainer.remove_callback(PrinterCallback)  # loratk's progress bar replaces the dict printing
-    with stopper.installed():
+    with stopper.installed(), progress.closed_on_exit():
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        trainer.raise_if_diverged()  # steps after the last log, before anything final is written
     if stopper.received is not None:
         raise Interrupted(f"training interrupted at step {trainer.state.global_step}; "
                           f"checkpoint saved in {out / f'checkpoint-{trainer.state.global_step}'}",
@@ -232,7 +255,11 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     }
     final = out / "final"
     if main:
-        write_final_adapter(model, tokenizer, out, summary)
+        try:
+            write_final_adapter(model, tokenizer, out, summary)
+        except OSError as exc:  # the temporary folder is gone again; an earlier final/ is untouched
+            raise LoratkError(f"could not write the final adapter into {final}: {exc.strerror or exc}",
+                              f"free some space, then rerun with --resume (the checkpoints are intact)") from exc
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         append_line(metrics.path, json.dumps({"step": output.global_step, "summary": True, **numbers}))
         plot_curves(metrics.history, out / CURVES_FILE)
