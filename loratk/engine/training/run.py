@@ -105,8 +105,8 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool, grou
         disable_tqdm=True,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        prediction_loss_only=True,
-        logging_nan_inf_filter=False,  # a non-finite loss stops the run (LoratkTrainer); never average it away  # evaluation needs the loss only, never the logits
+        prediction_loss_only=True,  # evaluation needs the loss only, never the logits
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run (LoratkTrainer); never average it away
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if group_by_length else "random",  # padded batches
     )
@@ -259,7 +259,7 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
             write_final_adapter(model, tokenizer, out, summary)
         except OSError as exc:  # the temporary folder is gone again; an earlier final/ is untouched
             raise LoratkError(f"could not write the final adapter into {final}: {exc.strerror or exc}",
-                              f"free some space, then rerun with --resume (the checkpoints are intact)") from exc
+                              "free some space, then rerun with --resume (the checkpoints are intact)") from exc
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         append_line(metrics.path, json.dumps({"step": output.global_step, "summary": True, **numbers}))
         plot_curves(metrics.history, out / CURVES_FILE)
