@@ -78,8 +78,8 @@ class TrainConfig:
     save_total_limit: int = _opt(2, "Keep at most this many checkpoints.")
     report_to: str = _opt("none", "Also log to an experiment tracker.", choices=REPORT_TO)
     # Run control
-    resume: bool = _opt(False, "Continue from the newest checkpoint in output_dir.", flag=True, recorded=False)
-    overwrite: bool = _opt(False, "Replace a finished adapter already in output_dir.", flag=True, recorded=False)
+    resume: bool = _opt(False, "Continue from the newest intact checkpoint in output_dir.", flag=True, recorded=False)
+    overwrite: bool = _opt(False, "Replace an earlier run (finished or not) in output_dir.", flag=True, recorded=False)
     trust_remote_code: bool = _opt(False, "Allow the model repository's own Python code to run.", flag=True)
 
     @classmethod
