@@ -63,7 +63,8 @@ class LoratkTrainer(Trainer):
         what = f"the loss is {loss}" if not _finite(loss) else f"the gradient norm is {norm}"
         kept = (f"the last good checkpoint, {last.name}, is kept" if last is not None
                 else "no checkpoint had been saved")
-        raise LoratkError(f"training diverged at step {int(step)}: {what}; stopped without saving it ({kept})",
+        raise LoratkError(f"training diverged at step {int(step)}: {what}; nothing from that step on was saved "
+                          f"({kept})",
                           "lower --learning_rate (or --lora_alpha) and "
                           + ("continue with --resume" if last is not None else "train again"))
 
