@@ -152,18 +152,23 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     main = is_main_process()
     resume = check_output_dir(config)
     resume_from = resume.checkpoint if resume else None
+
+    def show(message: str) -> None:  # once, not once per process
+        if main:
+            warn(console, message)
+
     if resume is not None:
         for path, problem in resume.damaged:
-            warn(console, f"{path.name} is damaged ({problem}); resuming from {resume_from.name} instead "
-                          f"({path.name} is moved to damaged-{path.name})")
+            show(f"{path.name} is damaged ({problem}); resuming from {resume_from.name} instead "
+                 f"({path.name} is moved to damaged-{path.name})")
         if resume.changes is None:
-            warn(console, f"{RUN_FILE} is missing or unreadable: the settings cannot be checked against "
-                          f"those {resume_from.name} was trained with")
+            show(f"{RUN_FILE} is missing or unreadable: the settings cannot be checked against "
+                 f"those {resume_from.name} was trained with")
         elif resume.changes:
-            warn(console, f"resuming {resume_from.name} with changed settings: {'; '.join(resume.changes)}")
+            show(f"resuming {resume_from.name} with changed settings: {'; '.join(resume.changes)}")
     model_path = resolve_model_path(config.model_name_or_path)
     for warning in check_model_limits(config, load_config(model_path, config.trust_remote_code)):
-        warn(console, warning)
+        show(warning)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     data = prepare_data(config, tokenizer)
     precision = choose_precision(config.bf16, config.fp16)
