@@ -15,6 +15,8 @@
 - ``registered_plugin(plugin)``: a plugin registered only inside a ``with`` block.
 - ``installed_plugin(name, "module")``: loratk sees one more ``loratk`` entry point inside a
   ``with`` block, as if a package providing it were installed (e.g. to test two plugins clashing).
+- ``in_fresh_process(function, *args)``: ``function(*args)`` in a new interpreter, for measurements
+  (memory peaks) that must not depend on what ran earlier in the test process.
 
 This module imports torch and transformers only inside the functions that need them.
 """
@@ -25,7 +27,7 @@ import contextlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 # Tiny tokenizers carry the ChatML template loratk falls back to for tokenizers without one.
 from loratk.engine.data.tokenize import DEFAULT_CHAT_TEMPLATE as CHATML_TEMPLATE
@@ -200,3 +202,20 @@ def installed_plugin(name: str, value: str) -> Iterator[str]:
         metadata.entry_points = real_entry_points
         sys.modules.pop(value.partition(":")[0], None)
         _rebuild_plugins()
+
+
+def in_fresh_process(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` run in a newly spawned interpreter; returns its result.
+
+    Memory measurements depend on a process's history (the profiler misses frees of blocks
+    allocated before it started, thread pools and caches warmed by earlier tests change what is
+    allocated), so tests that measure run the measured code here. ``function`` must be importable
+    by name (defined at module level) and its arguments and result picklable; the child gets this
+    process's ``sys.path``, so test modules import as they do here. Costs one interpreter start
+    plus the imports ``function`` needs (a few seconds with torch).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args, **kwargs).result()

@@ -74,12 +74,14 @@ def estimate_memory(ctx: click.Context, model: str | None, device: str, optimize
     budget = parse_memory(gpu_memory) if gpu_memory is not None else None
 
     from loratk.engine.memory.report import memory_report
-    from loratk.engine.models.meta_model import build_meta_model
+    from loratk.engine.memory.shape_store import model_summary
+    from loratk.engine.models.meta_model import locate_model
 
-    meta = build_meta_model(model, bool(given.get("trust_remote_code")))
-    source = f"recipe {model} with command line" if meta.recipe_values else "command line"
-    config = TrainConfig.from_mapping({**meta.recipe_values, **given}, source)
-    report = memory_report(meta, config, device=device, optimizer=optimizer,
+    ref = locate_model(model, bool(given.get("trust_remote_code")))
+    summary = model_summary(ref)
+    source = f"recipe {model} with command line" if ref.recipe_values else "command line"
+    config = TrainConfig.from_mapping({**ref.recipe_values, **given}, source)
+    report = memory_report(ref.shown, ref.source, summary, config, device=device, optimizer=optimizer,
                            attn_implementation=attn_implementation, budget=budget)
     if as_json:
         click.echo(json.dumps(report, indent=2))

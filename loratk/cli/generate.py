@@ -27,9 +27,10 @@ def spellings(name: str) -> list[str]:
 def read_prompts_file(path: str) -> list:
     """A .txt file (one prompt a line) or JSONL rows with ``prompt`` (text) or ``messages`` (a chat)."""
     from loratk.errors import DataError
+    from loratk.fileio import read_text
 
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = read_text(path).splitlines()
     except OSError as exc:
         raise DataError(f"cannot read prompts file {path}: {exc.strerror}", "check the path") from exc
     if not path.endswith((".jsonl", ".json")):
@@ -112,11 +113,15 @@ def generate(adapters, model, prompts, prompts_file, output, overwrite, chat_tem
              quantization, dtype, trust_remote_code) -> None:
     """Generate text with a base model and LoRA adapters (streamed, compared, or as a chat)."""
     from loratk.errors import UsageError
+    from loratk.fileio import blocked_parent
 
     if chat and (compare or output):
         raise UsageError("--chat cannot be combined with --compare or --output", "drop one of them")
     if output and Path(output).exists() and not overwrite:
         raise UsageError(f"output file {output} already exists", "pass --overwrite to replace it, or choose another --output")
+    if output and blocked_parent(output):
+        raise UsageError(f"--output {output} cannot be created: {blocked_parent(output)} is a file, not a folder",
+                         "choose another --output")
     quant = quantization_name(use_4bit, use_8bit, quantization)
     prompt_list = collect_prompts(prompts, prompts_file, chat)
 

@@ -34,14 +34,18 @@ def inspect_modules(model: str | None, lora_rank: int, target_modules: str | Non
     """Show MODEL's Linear modules, which ones LoRA targets, and how many parameters it trains.
 
     MODEL is a local folder, a Hub id (popular models work offline from a built-in registry),
-    a recipe name, or left out for the embedded SmolLM2-135M. No weights are downloaded or loaded.
+    a recipe name, or left out for the embedded SmolLM2-135M. No weights are downloaded or loaded;
+    registry models and models seen before answer at once, without importing torch.
     """
     config = TrainConfig.from_mapping({"lora_rank": lora_rank, "target_modules": target_modules}, "command line")
 
-    from loratk.engine.models.meta_model import build_meta_model, module_report
+    from loratk.engine.memory.shape_store import model_summary
+    from loratk.engine.models.meta_model import locate_model
+    from loratk.engine.models.module_summary import module_report
 
-    meta = build_meta_model(model, trust_remote_code)
-    report = module_report(meta, config.target_module_list(), config.lora_rank, tree)
+    ref = locate_model(model, trust_remote_code)
+    modules = model_summary(ref).modules
+    report = module_report(ref.shown, ref.source, modules, config.target_module_list(), config.lora_rank, tree)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

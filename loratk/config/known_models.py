@@ -2,12 +2,17 @@
 
 Each entry holds the ``config.json`` keys that decide the model's shapes (no tokenizer, no
 weights), keyed by its Hugging Face Hub id. Instruct/chat variants share their base's shapes
-and are found by the same numbers. Lookups ignore case.
+and are found by the same numbers. Lookups ignore case. What a model built from these numbers
+holds (its modules and memory shapes) is shipped beside this file in ``known_shapes.json.gz``
+(see ``loratk.engine.memory.shape_store``), so the registry's models are reported without torch.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+SHAPES_FILE = Path(__file__).with_name("known_shapes.json.gz")
 
 _LLAMA2 = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
                tie_word_embeddings=False)
@@ -99,9 +104,13 @@ def canonical_id(hub_id: str) -> str | None:
     return _BY_LOWER.get(hub_id.strip().lower())
 
 
+def base_model_id(hub_id: str) -> str | None:
+    """The registry entry holding ``hub_id``'s numbers (a fine-tuned variant's base), or None."""
+    name = canonical_id(hub_id)
+    return None if name is None else _VARIANTS.get(name, name)
+
+
 def known_model_config(hub_id: str) -> dict[str, Any] | None:
     """The config.json numbers for ``hub_id`` (a copy), or None when it is not in the registry."""
-    name = canonical_id(hub_id)
-    if name is None:
-        return None
-    return dict(KNOWN_MODELS[_VARIANTS.get(name, name)])
+    base = base_model_id(hub_id)
+    return None if base is None else dict(KNOWN_MODELS[base])

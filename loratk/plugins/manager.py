@@ -122,6 +122,18 @@ class LoratkPlugins:
                 self.register(plugin, name=ep.name, version=version)
             except Exception as exc:  # a broken plugin must not take the CLI down
                 self._mark_broken(ep.name, version, f"{type(exc).__name__}: {exc}")
+        self._warn_unknown_disabled(disabled - {"all"})
+
+    def _warn_unknown_disabled(self, names: set[str]) -> None:
+        import difflib  # not loratk.config.suggest: config imports the plugins
+
+        installed = sorted(name for name, info in self.info.items() if not info.builtin)
+        for name in sorted(names - set(installed)):
+            close = difflib.get_close_matches(name, installed, n=1, cutoff=0.6)
+            builtin = " (built-in plugins always load)" if any(name in (i, i.rsplit(".", 1)[-1])
+                                                              for i in self.info if self.info[i].builtin) else ""
+            print(f"loratk: warning: {DISABLE_ENV} names {name!r}, which is no installed plugin{builtin}"
+                  f"{f' (did you mean {close[0]!r}?)' if close else ''}; installed: {', '.join(installed) or 'none'}", file=sys.stderr)
 
     # -- collected registrations ---------------------------------------------------------
     def _collect(self) -> None:

@@ -139,3 +139,22 @@ def test_adapter_on_a_4bit_base(adapters):
     quantized = run_cli(["generate", "--adapter", str(adapters[0]), "--use_4bit", "--prompt", "hello", *SHORT])
     assert quantized.exit_code == 0, quantized.output
     assert quantized.stdout.strip() and quantized.stdout != full.stdout  # NF4 weights answer differently
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "hi", "--model"], ["inspect-modules"],
+                                     ["merge", "--adapter", "{adapter}", "--output_dir", "{tmp}/m", "--model"]])
+def test_a_model_that_needs_its_own_code_gets_the_same_hint_everywhere(command, adapters, tiny_model, tmp_path):
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "custom")
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="loratk_custom", auto_map={"AutoConfig": "configuration.CustomConfig",
+                                                        "AutoModelForCausalLM": "modeling.CustomModel"})
+    (model / "config.json").write_text(json.dumps(config))
+    args = [a.format(adapter=adapters[0], tmp=tmp_path) for a in command]
+    result = run_cli([*args, str(model)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: model {model} needs its own Python code to load. "
+        "Hint: rerun with --trust_remote_code if you trust its authors")
+    assert "trust_remote_code=True" not in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -15,8 +16,27 @@ from tests.engine.models.test_adapters import make_adapter
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, tiny_model):
+    """Two adapters with train's default dropout: a combination gets new dropout layers of its own."""
     folder = tmp_path_factory.mktemp("merge-adapters")
-    return make_adapter(tiny_model, folder / "a", 1), make_adapter(tiny_model, folder / "b", 2)
+    return (make_adapter(tiny_model, folder / "a" / "final", 1, dropout=0.05),
+            make_adapter(tiny_model, folder / "b" / "final", 2, dropout=0.05))
+
+
+def readme_command(prefix: str) -> list[str]:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if line.startswith(prefix))
+    return shlex.split(line.split("#")[0])[1:]  # without "loratk"
+
+
+def test_readme_multi_adapter_example_runs_as_printed(adapters, tmp_path, monkeypatch):
+    command = readme_command("loratk merge --adapter a/final --adapter b/final")
+    for adapter in adapters:  # a/final and b/final, as the example names them
+        shutil.copytree(adapter, tmp_path / adapter.parent.name / "final")
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(command)
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / command[command.index("--output_dir") + 1] / "loratk_merge.json").read_text())
+    assert (info["combination"], info["weights"]) == ("ties", [0.7, 0.3]) and info["max_logit_diff"] < 1e-4
 
 
 def logits(model, text="the quick brown fox"):
@@ -89,12 +109,15 @@ def test_two_adapters_combined_as_a_model_and_as_an_adapter(adapters, tmp_path):
     assert not torch.allclose(logits(load(single)), combined, atol=1e-3)
 
 
-@pytest.mark.parametrize("combination", ["linear", "ties", "dare_ties", "svd"])
-def test_other_combinations_merge_and_verify(combination, adapters, tmp_path):
-    result = run_cli(["merge", "--adapter", str(adapters[0]), "--adapter", str(adapters[1]),
+@pytest.mark.parametrize("combination", ["linear", "cat", "ties", "dare_ties", "svd"])
+def test_every_combination_merges_and_verifies(combination, adapters, tmp_path):
+    """The check compares against the combined adapter in eval mode: with its dropout active the
+    logits differ at random and every combination of adapters with dropout used to fail."""
+    result = run_cli(["merge", "--adapter", str(adapters[0]), "--adapter", str(adapters[1]), "--weights", "0.7,0.3",
                       "--combination", combination, "--output_dir", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "m" / "loratk_merge.json").read_text())["combination"] == combination
+    info = json.loads((tmp_path / "m" / "loratk_merge.json").read_text())
+    assert info["combination"] == combination and info["max_logit_diff"] < 1e-4
 
 
 def test_existing_output_is_refused_unless_overwrite(adapters, tmp_path):

@@ -124,3 +124,35 @@ def test_debug_shows_the_traceback(tiny_model, out, tmp_path):
                       "--output_dir", str(out)], catch_exceptions=True)
     assert result.exit_code != 0
     assert type(result.exception).__name__ == "DataError"
+
+
+def test_the_output_head_as_a_target_is_explained(text_data, tiny_model, tiny_model_factory, out):
+    line = fails([str(text_data), "--model", str(tiny_model), "--output_dir", str(out), "--target_modules", "lm_head"],
+                 2, "'lm_head' is the output head", "leave lm_head out of --target_modules", "q_proj", out=out)
+    assert "no Linear module" not in line
+    tied = tiny_model_factory("gpt2")  # gpt2 ties its head to the token embedding
+    fails([str(text_data), "--model", str(tied), "--output_dir", str(out), "--target_modules", "lm_head"],
+          2, "shares (is tied to) the input embedding", out=out)
+
+
+def test_dry_run_refuses_an_unknown_quantization_like_a_run(text_data, tiny_model):
+    fails([str(text_data), "--model", str(tiny_model), "--dry-run", "--quantization", "bnb-4bti"], 2,
+          "unknown quantization backend 'bnb-4bti'", "did you mean 'bnb-4bit'")
+
+
+def test_a_null_field_is_not_called_missing(tiny_model, out, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": null}\n', encoding="utf-8")
+    fails([str(data), "--model", str(tiny_model), "--output_dir", str(out)], 1, "row 2 of", "'text' field is null", out=out)
+    data.write_text('{"body": "x", "text": "fine"}\n{"body": "y"}\n', encoding="utf-8")
+    fails([str(data), "--model", str(tiny_model), "--output_dir", str(out)], 1, "row 2 of", "'text' field is null (or absent")
+
+
+@pytest.mark.parametrize("drop_long", [False, True])
+def test_everything_dropped_hints_at_drop_long_only_when_given(drop_long, tiny_model, out, tmp_path):
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": "a long prompt " * 20, "completion": "the answer"}] * 2
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    line = fails([str(data), "--model", str(tiny_model), "--output_dir", str(out), "--max_seq_length", "16",
+                  *(["--drop_long"] if drop_long else [])], 1, "every one of the 2 examples was dropped", out=out)
+    assert ("leave out --drop_long" in line) == drop_long

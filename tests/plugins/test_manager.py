@@ -104,6 +104,16 @@ def test_disabled_plugins_are_not_loaded(write_module, monkeypatch, setting):
         assert "llama" in get_plugins().architectures  # built-ins always load
 
 
+def test_disabling_a_plugin_that_is_not_installed_warns_with_did_you_mean(write_module, monkeypatch, capsys):
+    module = write_module("spelled_plugin", "")
+    monkeypatch.setenv("LORATK_DISABLE_PLUGINS", "switched-of,loratk.plugins.builtin.architectures")
+    with installed_plugin("switched-off", module):
+        assert not get_plugins().info["switched-off"].disabled  # the misspelt name disabled nothing
+        warnings = capsys.readouterr().err.splitlines()
+    assert any("'switched-of', which is no installed plugin (did you mean 'switched-off'?)" in w for w in warnings)
+    assert any("'loratk.plugins.builtin.architectures'" in w and "built-in plugins always load" in w for w in warnings)
+
+
 def test_registering_a_second_plugin_under_a_taken_name_is_refused():
     with registered_plugin(object(), name="taken"):
         with pytest.raises(PluginError, match="'taken' is already registered"):

@@ -44,12 +44,14 @@ def tokenize_source(rows, source: str, tokenizer, settings: DataSettings):
             status = CUT_OFF
         return {"input_ids": ids, "labels": labels, "length": len(ids), "status": status}
 
+    # In memory: datasets would otherwise write its cache files beside the source's own (a user's
+    # save_to_disk folder, perhaps read-only); loratk's cache (cache.py) stores the result.
     converted = rows.map(convert, with_indices=True, remove_columns=rows.column_names,
-                         desc=None, load_from_cache_file=False)
+                         desc=None, load_from_cache_file=False, keep_in_memory=True)
     statuses = list(converted["status"])
     stats = {"rows": len(rows), "row_format": row_format,
              "truncated_examples": statuses.count(TRUNCATED),
              "dropped_long_examples": statuses.count(DROPPED_LONG),
              "dropped_cut_off_examples": statuses.count(CUT_OFF)}
-    kept = converted.filter(lambda status: status in (KEPT, TRUNCATED), input_columns="status")
+    kept = converted.filter(lambda status: status in (KEPT, TRUNCATED), input_columns="status", keep_in_memory=True)
     return kept.remove_columns("status"), stats

@@ -74,8 +74,10 @@ def _string(row: Mapping[str, Any], key: str, where: str, *, required: bool = Tr
     value = row.get(key)
     if value is None and not required:
         return ""
-    if value is None:
-        raise RowError(f"{where}: the {key!r} field is missing", "give every row that field, or remove the row")
+    if value is None:  # a table gives a row that lacks one of its columns a null: the two look alike here
+        state = "null (or absent from this row)" if key in row else "missing"
+        raise RowError(f"{where}: the {key!r} field is {state}",
+                       "give every row that field as a string, or remove the row")
     if not isinstance(value, str):
         raise RowError(f"{where}: {key!r} is {type(value).__name__} {value!r:.60}, not a string",
                        "make the field a string")

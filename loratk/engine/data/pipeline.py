@@ -92,7 +92,8 @@ def load_examples(sources: Sequence[str], config: TrainConfig, tokenizer):
             totals[name] += stats[name]
     examples = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
     if len(examples) == 0:
-        raise DataError(why_all_dropped(totals, config), "raise --max_seq_length, or leave out --drop_long to truncate")
+        raise DataError(why_all_dropped(totals, config),
+                        "raise --max_seq_length" + (", or leave out --drop_long to truncate" if config.drop_long else ""))
     totals["cached_sources"] = hits
     return examples, totals, "+".join(dict.fromkeys(formats))
 

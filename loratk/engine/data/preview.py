@@ -59,8 +59,10 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     quiet_libraries()
     from loratk.engine.data.packing import best_fit, padded_efficiency
     from loratk.engine.data.pipeline import prepare_data
-    from loratk.engine.models.loading import load_tokenizer, resolve_model_path
+    from loratk.engine.models.loading import known_quantization, load_tokenizer, resolve_model_path
 
+    if config.quantization_name:
+        known_quantization(config.quantization_name)  # a real run would refuse it, so the preview does too
     model_path = resolve_model_path(config.model_name_or_path)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     data = prepare_data(config, tokenizer)

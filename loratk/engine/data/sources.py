@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from loratk.config.suggest import did_you_mean
 from loratk.errors import DataError, UsageError
-from loratk.fileio import looks_like_local_path
+from loratk.fileio import broken_link, looks_like_local_path
 
 DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
@@ -27,6 +27,9 @@ def choose_format(source: str, forced: str | None = None) -> str:
                              f"choose a row format ({', '.join(ROW_FORMATS)}) or a file format ({', '.join(formats)})")
         return forced
     path = Path(source).expanduser()
+    link_problem = broken_link(path)
+    if link_problem:
+        raise DataError(f"dataset {link_problem}", "point the link at the data file, or pass the file itself")
     if path.is_dir():
         if any((path / marker).exists() for marker in DISK_MARKERS):
             return "disk"
@@ -48,7 +51,11 @@ def load_source(source: str, options: Mapping[str, Any], forced: str | None = No
     """One source as a ``datasets.Dataset``, read by the dataset format it calls for."""
     from loratk.plugins import get_plugins
 
-    data = get_plugins().dataset_formats[choose_format(source, forced)].load(source, options)
+    try:
+        data = get_plugins().dataset_formats[choose_format(source, forced)].load(source, options)
+    except OSError as exc:  # unreadable: permissions, a folder where a file should be, a disk error
+        raise DataError(f"cannot read {exc.filename or source}: {exc.strerror or exc}",
+                        "check that the file exists and that you may read it") from exc
     if len(data) == 0:
         raise DataError(f"dataset {source} is empty", "add at least one example")
     return data

@@ -163,9 +163,10 @@ def load_session(specs: list[AdapterSpec], model_name_or_path: str | None = None
                  system: str | None = None) -> Session:
     """Load the base (from the adapters' config unless given) once, and every adapter onto it."""
     quiet_libraries()
-    from loratk.engine.models.loading import load_model, load_tokenizer
+    from loratk.engine.models.loading import load_config, load_model, load_tokenizer
 
     base_path = base_model_of(specs, model_name_or_path)
+    load_config(base_path, trust_remote_code)  # train's checks first: remote code, a damaged config
     device_map, torch_dtype = pick_device_and_dtype(dtype)
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
     model = load_model(base_path, quantization=quantization, dtype=torch_dtype,

@@ -11,6 +11,7 @@ the difference measures the merge, not how float32 rounds two different orders o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from loratk.engine.models.adapters import AdapterSpec, base_model_of, load_adapt
 from loratk.engine.inference.generation import stop_token_ids, tokenizer_source
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
-from loratk.fileio import atomic_directory
+from loratk.fileio import atomic_directory, blocked_parent
 
 COMBINATIONS = ("linear", "cat", "ties", "dare_ties", "svd")
 COMBINED = "combined"
@@ -47,11 +48,39 @@ class MergeResult:
     peak_memory: dict[str, float] = field(default_factory=dict)
 
 
-def check_request(specs: list[AdapterSpec], output_dir: Path, overwrite: bool, weights: list[float] | None,
-                  combination: str | None, adapter_only: bool) -> tuple[str | None, list[float] | None]:
-    """Everything that can be checked before loading a model; returns (combination, weights)."""
+def check_output_dir(output_dir: Path, inputs: dict[str, Path], overwrite: bool) -> None:
+    """Refuse an output folder that would replace, or write into, anything the merge reads (even
+    with --overwrite), or the folder the user is in."""
+    target = output_dir.expanduser().resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise UsageError(f"--output_dir {output_dir} is {'the current folder' if target == here else 'a folder above this one'}; "
+                         "merge writes a new folder and would have to replace this one", "name a new folder, e.g. --output_dir merged")
+    for what, path in inputs.items():
+        path = path.expanduser().resolve()
+        relation = ("is" if target == path else "contains" if target in path.parents
+                    else "is inside" if path in target.parents else None)
+        if relation:
+            raise UsageError(f"--output_dir {output_dir} {relation} {what} ({path}), which the merge reads; "
+                             "the output must not overlap its inputs",
+                             "choose a new folder outside the adapters and the base model, e.g. --output_dir merged")
     if output_dir.exists() and not overwrite:
         raise UsageError(f"output folder {output_dir} already exists", "pass --overwrite to replace it, or choose another --output_dir")
+    if blocked_parent(output_dir):
+        raise UsageError(f"--output_dir {output_dir} cannot be created: {blocked_parent(output_dir)} is a file, not a folder",
+                         "choose another --output_dir")
+
+
+def check_shard_size(text: str) -> None:
+    """The shard sizes ``save_pretrained`` understands (huggingface_hub's units), checked before the merge."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", text, re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"--max_shard_size {text!r} is not a size", "write a number and a unit (KB, MB, GB or TB), e.g. 2GB")
+
+
+def check_request(specs: list[AdapterSpec], weights: list[float] | None, combination: str | None,
+                  adapter_only: bool) -> tuple[str | None, list[float] | None]:
+    """Everything about the adapters that can be checked before loading a model; returns (combination, weights)."""
     if not specs:
         raise UsageError("no adapter to merge", "pass --adapter PATH (repeat it to combine several)")
     if len(specs) == 1:
@@ -91,6 +120,9 @@ def combine(model, specs: list[AdapterSpec], combination: str, weights: list[flo
     model.set_adapter(COMBINED)
     for spec in specs:
         model.delete_adapter(spec.name)
+    # add_weighted_adapter builds the combined adapter's dropout layers in training mode: without
+    # eval() the verification would compare the merge against randomly dropped-out logits.
+    model.eval()
 
 
 def verification_logits(model, tokenizer) -> Any:
@@ -160,12 +192,17 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
           adapter_only: bool = False, overwrite: bool = False, model_name_or_path: str | None = None,
           trust_remote_code: bool = False, log: Callable[[str], None] = lambda _: None) -> MergeResult:
     """Merge (or combine) adapters; write the result to ``output_dir`` only if it checks out."""
-    from loratk.engine.models.loading import DTYPES, load_model, load_tokenizer
+    from loratk.engine.models.loading import DTYPES, load_config, load_model, load_tokenizer
 
     output_dir = Path(output_dir)
-    combination, weights = check_request(specs, output_dir, overwrite, weights, combination, adapter_only)
+    combination, weights = check_request(specs, weights, combination, adapter_only)
     dtype = DTYPES.get(dtype, dtype)
     base_path = base_model_of(specs, model_name_or_path)
+    inputs = {f"adapter {spec.name}": spec.path for spec in specs}
+    if Path(base_path).exists():
+        inputs["the base model"] = Path(base_path)
+    check_output_dir(output_dir, inputs, overwrite)
+    check_shard_size(max_shard_size)
     result = MergeResult(output_dir, base_path, [s.name for s in specs], combination, weights, dtype,
                          adapter_only, None, None)
     for spec in specs:
@@ -181,30 +218,35 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
     from loratk.engine.memory.allocator import return_large_frees_to_os
 
     return_large_frees_to_os()  # the layer-by-layer float64 check would otherwise leave its blocks resident
+    load_config(base_path, trust_remote_code)  # train's checks first: remote code, a damaged config
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
     log(f"loading {base_path} ({dtype}, unquantized)")
     model = load_adapters(load_model(base_path, dtype=dtype, trust_remote_code=trust_remote_code), specs, base_path)
     if combination is not None:
         log(f"combining {', '.join(result.adapters)} with {combination}, weights {weights}")
         combine(model, specs, combination, weights)
-    with atomic_directory(output_dir, replace=overwrite) as tmp:
-        if adapter_only:
-            save_adapter_only(model, tokenizer, base_path, tmp)
-        else:
-            reference = verification_logits(model, tokenizer) if verify else None
-            model = merge_in_place(model)
-            if reference is not None:
-                diff = float((verification_logits(model, tokenizer) - reference).abs().max())
-                result.max_logit_diff, result.tolerance = diff, tolerance_for(dtype, reference)
-                log(f"verification: largest logit difference {diff:.2e} (tolerance {result.tolerance:.1e})")
-                if not diff < result.tolerance:
-                    raise ModelError(f"the merged model differs from the adapter model by {diff:.3g} in the logits "
-                                     f"(tolerance {result.tolerance:.1g}); nothing was written",
-                                     "rerun with --dtype fp32, or report this with --debug output")
-            save_merged(model, tokenizer, tmp, max_shard_size)
-        (tmp / MERGE_INFO).write_text(json.dumps(
-            {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items() if k != "peak_memory"},
-            indent=2), encoding="utf-8")
+    try:
+        with atomic_directory(output_dir, replace=overwrite) as tmp:
+            if adapter_only:
+                save_adapter_only(model, tokenizer, base_path, tmp)
+            else:
+                reference = verification_logits(model, tokenizer) if verify else None
+                model = merge_in_place(model)
+                if reference is not None:
+                    diff = float((verification_logits(model, tokenizer) - reference).abs().max())
+                    result.max_logit_diff, result.tolerance = diff, tolerance_for(dtype, reference)
+                    log(f"verification: largest logit difference {diff:.2e} (tolerance {result.tolerance:.1e})")
+                    if not diff < result.tolerance:
+                        raise ModelError(f"the merged model differs from the adapter model by {diff:.3g} in the logits "
+                                         f"(tolerance {result.tolerance:.1g}); nothing was written",
+                                         "rerun with --dtype fp32, or report this with --debug output")
+                save_merged(model, tokenizer, tmp, max_shard_size)
+            (tmp / MERGE_INFO).write_text(json.dumps(
+                {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items() if k != "peak_memory"},
+                indent=2), encoding="utf-8")
+    except OSError as exc:  # a full disk or a folder that cannot be written
+        raise ModelError(f"cannot write {output_dir}: {exc.strerror or exc}; nothing was written",
+                         "free some space, or choose another --output_dir") from exc
     del model
     from loratk.engine.memory.measure import peak_memory_mb
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from loratk.engine.memory.estimate import (ATTENTION_IMPLEMENTATIONS, MemorySettings, estimate, largest_fitting,
-                                  model_shape, quantization_storage)
+                                           quantization_storage)
 from loratk.errors import UsageError
 
 
@@ -14,6 +14,27 @@ def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "ada
     """The memory-relevant settings of a ``TrainConfig`` run of ``meta_model`` on ``device``."""
     from loratk.engine.models.targets import resolve_target_modules
 
+    return _settings(config, lambda requested: resolve_target_modules(meta_model, requested), device, optimizer,
+                     attn_implementation)
+
+
+def summary_settings(summary, config, device: str = "cuda", optimizer: str = "adamw",
+                     attn_implementation: str = "sdpa") -> MemorySettings:
+    """:func:`settings_for` the model of a ``ShapeSummary`` (loratk.engine.memory.shape_summary)."""
+    from loratk.engine.models.targets import choose_target_modules
+
+    modules = summary.modules
+
+    def resolve_targets(requested):
+        return choose_target_modules(modules.model_type, modules.linear_names(), requested)
+
+    return _settings(config, resolve_targets, device, optimizer, attn_implementation)
+
+
+def _settings(config, resolve_targets: Callable, device: str, optimizer: str,
+              attn_implementation: str) -> MemorySettings:
+    """The settings; ``resolve_targets`` turns the requested target modules into the model's
+    (after the precision is checked, so errors come in the order they always did)."""
     if config.fp16:
         if device != "cuda":
             raise UsageError("--fp16 needs a CUDA GPU", "use --bf16 or leave both out with --device cpu")
@@ -24,7 +45,7 @@ def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "ada
         from loratk.engine.models.precision import choose_precision
 
         precision = choose_precision(config.bf16, config.fp16)
-    targets = resolve_target_modules(meta_model, config.target_module_list())
+    targets = resolve_targets(config.target_module_list())
     bits, row_bytes = quantization_storage(config.quantization_name)
     return MemorySettings(
         batch_size=config.per_device_train_batch_size, seq_len=config.max_seq_length, rank=config.lora_rank,
@@ -35,23 +56,22 @@ def settings_for(meta_model, config, device: str = "cuda", optimizer: str = "ada
         attn_implementation=attn_implementation)
 
 
-def memory_report(meta, config, *, device: str = "cuda", optimizer: str = "adamw",
+def memory_report(name: str, source: str, summary, config, *, device: str = "cuda", optimizer: str = "adamw",
                   attn_implementation: str | None = None, budget: int | None = None) -> dict[str, Any]:
-    """The estimate as plain data; with ``budget`` (bytes) also whether it fits and the largest batch/length."""
-    model = meta.model
+    """The estimate for the model of a ``ShapeSummary`` as plain data; with ``budget`` (bytes) also
+    whether it fits and the largest batch/length."""
     if attn_implementation is None:
-        attn_implementation = default_attention(model, config)
-    settings = settings_for(model, config, device, optimizer, attn_implementation)
-    shape = model_shape(model)
-    result = estimate(shape, settings)
-    report = {"model": meta.name, "source": meta.source, **result.to_dict()}
+        attn_implementation = summary.default_attention(config)
+    settings = summary_settings(summary, config, device, optimizer, attn_implementation)
+    result = estimate(summary.shape, settings)
+    report = {"model": name, "source": source, **result.to_dict()}
     if budget is not None:
-        longest = getattr(model.config, "max_position_embeddings", None) or 131072
+        longest = summary.max_position_embeddings or 131072
         report["fit"] = {
             "gpu_memory_bytes": budget,
             "fits": result.total_bytes <= budget,
-            "largest_batch_size": largest_fitting(shape, settings, budget, "batch_size", 4096),
-            "largest_seq_length": largest_fitting(shape, settings, budget, "seq_len", longest),
+            "largest_batch_size": largest_fitting(summary.shape, settings, budget, "batch_size", 4096),
+            "largest_seq_length": largest_fitting(summary.shape, settings, budget, "seq_len", longest),
             "max_position_embeddings": longest,
         }
     return report

@@ -7,7 +7,7 @@ from loratk.engine.lazy import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "resolve_model_path": "loading", "load_config": "loading", "load_model": "loading",
     "load_tokenizer": "loading", "embedded_model_dir": "embedded", "is_embedded": "embedded",
-    "build_meta_model": "meta_model", "module_report": "meta_model",
+    "build_meta_model": "meta_model", "locate_model": "meta_model", "module_report": "module_summary",
     "resolve_target_modules": "targets", "parse_adapter_specs": "adapters", "load_adapters": "adapters",
     "choose_precision": "precision",
 })

@@ -18,6 +18,8 @@ from loratk.errors import ModelError, UsageError
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAIN_SUMMARY = "loratk_summary.json"
+UNSAFE_ADAPTER_HINT = ("use a copy of the adapter saved as adapter_model.safetensors (what peft and loratk write), "
+                       "from a source you trust")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -62,10 +64,33 @@ def parse_adapter_specs(values: list[str] | tuple[str, ...]) -> list[AdapterSpec
 
 
 def read_adapter_config(path: str | Path) -> dict:
+    file = Path(path) / ADAPTER_CONFIG
+    hint = "the adapter folder is damaged; retrain or re-download it"
     try:
-        return json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        config = json.loads(file.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {Path(path) / ADAPTER_CONFIG}: {exc}", "the adapter folder is damaged; retrain or re-download it") from exc
+        raise ModelError(f"cannot read {file}: {exc}", hint) from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"{file} holds a JSON {type(config).__name__}, not an object of settings", hint)
+    return config
+
+
+def check_adapter_config(path: Path) -> None:
+    """Settings no adapter can have, named before peft reports them as a misfit with the base."""
+    from peft import PeftType
+
+    config, file = read_adapter_config(path), path / ADAPTER_CONFIG
+    hint = "the adapter folder is damaged; retrain or re-download it"
+    kinds = [kind.value for kind in PeftType]
+    if config.get("peft_type") not in kinds:
+        from loratk.config.suggest import did_you_mean
+
+        raise ModelError(f"{file} gives peft_type {config.get('peft_type')!r}, which peft does not know"
+                         f"{did_you_mean(str(config.get('peft_type')), kinds)}", hint)
+    rank = config.get("r")
+    if config["peft_type"] == "LORA" and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
+        raise ModelError(f"{file} gives r: {json.dumps(rank)}, which no LoRA adapter can have "
+                         "(it must be a whole number above 0)", hint)
 
 
 def base_model_of(specs: list[AdapterSpec], override: str | None = None) -> str:
@@ -101,13 +126,18 @@ def load_adapters(model, specs: list[AdapterSpec], base_name: str):
     """Wrap ``model`` in a PeftModel holding every adapter under its name; the first is active."""
     from peft import PeftModel
 
+    from loratk.engine.models.weight_files import check_adapter_weights, refusing_unsafe_pickles
+
     peft_model = None
     for spec in specs:
+        check_adapter_config(spec.path)
+        check_adapter_weights(spec.path)
         try:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(spec.path), adapter_name=spec.name)
-            else:
-                peft_model.load_adapter(str(spec.path), adapter_name=spec.name)
+            with refusing_unsafe_pickles(spec.path, UNSAFE_ADAPTER_HINT, ModelError):
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(model, str(spec.path), adapter_name=spec.name)
+                else:
+                    peft_model.load_adapter(str(spec.path), adapter_name=spec.name)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ModelError(f"adapter {spec.name} ({spec.path}) does not fit base model {base_name}: "
                              f"{_first_problem(exc)}",

@@ -61,27 +61,76 @@ def recipe_model(name: str) -> tuple[str | None, dict[str, Any]] | None:
     return values.get("model_name_or_path"), values
 
 
-def resolve_config(name: str | None, trust_remote_code: bool = False) -> tuple[Any, str]:
-    """The model's transformers config and a few words on where it came from."""
-    quiet_libraries()
+@dataclass(frozen=True)
+class ModelRef:
+    """Where ``MODEL``'s config is, decided without reading it (so without torch or transformers)."""
+
+    shown: str  # the name reports print
+    name: str | None  # the model itself (a recipe's model_name_or_path)
+    kind: str  # embedded (its cached conversion), embedded-registry, local, registry or hub
+    source: str  # a few words on where the config comes from
+    trust_remote_code: bool = False
+    recipe_values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder holding config.json for a local or embedded model."""
+        if self.kind == "embedded":
+            from loratk.engine.models.embedded import embedded_cache_dir
+
+            return embedded_cache_dir()
+        return Path(self.name).expanduser() if self.kind == "local" else None
+
+    @property
+    def registry_id(self) -> str | None:
+        return {"registry": self.name, "embedded-registry": EMBEDDED_REGISTRY_ID}.get(self.kind)
+
+
+KIND_SOURCES = {"embedded": "embedded default model", "embedded-registry": "embedded default model (registry config)",
+                "local": "local folder", "registry": "built-in registry", "hub": "Hugging Face Hub"}
+
+
+def locate_model(name: str | None, trust_remote_code: bool = False) -> ModelRef:
+    """Resolve ``name`` (a recipe name uses its model) to the kind of place its config is read from."""
     from loratk.engine.models.embedded import embedded_cache_dir, is_embedded
+
+    recipe_values: dict[str, Any] = {}
+    shown = name or "smollm2-135m"
+    recipe = recipe_model(name) if name and not Path(name).expanduser().exists() and canonical_id(name) is None else None
+    if recipe is not None:
+        name, recipe_values = recipe
+        trust_remote_code = trust_remote_code or bool(recipe_values.get("trust_remote_code"))
+    if is_embedded(name):
+        kind = "embedded" if (embedded_cache_dir() / "config.json").is_file() else "embedded-registry"
+    elif Path(name).expanduser().exists():
+        kind = "local"
+    else:
+        kind = "registry" if canonical_id(name) is not None else "hub"
+    source = KIND_SOURCES[kind]
+    if recipe is not None:
+        source = f"recipe {shown} ({name or 'smollm2-135m'}, {source})"
+        shown = name or "smollm2-135m"
+    return ModelRef(shown, name, kind, source, trust_remote_code, recipe_values)
+
+
+def resolve_config(ref: ModelRef):
+    """The model's transformers config."""
+    quiet_libraries()
     from loratk.engine.models.loading import load_config, resolve_model_path
 
-    if is_embedded(name):
-        cached = embedded_cache_dir()
-        if (cached / "config.json").is_file():
-            return load_config(str(cached)), "embedded default model"
-        return _registry_config(EMBEDDED_REGISTRY_ID), "embedded default model (registry config)"
-    if Path(name).expanduser().exists():
-        return load_config(resolve_model_path(name), trust_remote_code), "local folder"
-    if canonical_id(name) is not None:
-        return _registry_config(name), "built-in registry"
+    if ref.kind == "embedded":
+        return load_config(str(ref.folder))
+    if ref.registry_id is not None:
+        return _registry_config(ref.registry_id)
+    if ref.kind == "local":
+        return load_config(resolve_model_path(ref.name), ref.trust_remote_code)
+    name = ref.name
     path = resolve_model_path(name)  # raises for path-shaped names that do not exist
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # the error below says it in one line
     try:
-        return load_config(path, trust_remote_code), "Hugging Face Hub"
+        return load_config(path, ref.trust_remote_code)
     except ModelError as exc:
         from loratk.config.known_models import known_model_ids
         from loratk.config.suggest import did_you_mean
@@ -109,17 +158,12 @@ def _registry_config(hub_id: str):
 
 def build_meta_model(name: str | None, trust_remote_code: bool = False) -> MetaModel:
     """Resolve ``name`` (a recipe name uses its model) and build the model with no weight memory."""
-    recipe_values: dict[str, Any] = {}
-    shown = name or "smollm2-135m"
-    recipe = recipe_model(name) if name and not Path(name).expanduser().exists() and canonical_id(name) is None else None
-    if recipe is not None:
-        name, recipe_values = recipe
-        trust_remote_code = trust_remote_code or bool(recipe_values.get("trust_remote_code"))
-    config, source = resolve_config(name, trust_remote_code)
-    if recipe is not None:
-        source = f"recipe {shown} ({name or 'smollm2-135m'}, {source})"
-        shown = name or "smollm2-135m"
-    return MetaModel(shown, source, meta_model_from_config(config, trust_remote_code), recipe_values)
+    return meta_model_of(locate_model(name, trust_remote_code))
+
+
+def meta_model_of(ref: ModelRef) -> MetaModel:
+    config = resolve_config(ref)
+    return MetaModel(ref.shown, ref.source, meta_model_from_config(config, ref.trust_remote_code), ref.recipe_values)
 
 
 def meta_model_from_config(config, trust_remote_code: bool = False):
@@ -187,29 +231,3 @@ def module_tree(model, max_depth: int | None = None) -> list[tuple[int, str, str
         own = sum(p.numel() for p in module.parameters(recurse=False))
         rows.append((depth, name or "(model)", type(module).__name__, own))
     return rows
-
-
-def module_report(meta: MetaModel, requested: list[str] | str | None, rank: int, tree: bool = False) -> dict:
-    """What ``loratk inspect-modules`` shows, as plain data: groups, defaults, the LoRA count."""
-    from loratk.engine.models.targets import resolve_target_modules
-
-    model = meta.model
-    groups = linear_groups(model)
-    auto = resolve_target_modules(model, None)
-    targets = resolve_target_modules(model, requested)
-    chosen = set(targeted_names(groups, targets))
-    total = parameter_count(model)
-    trainable = lora_parameter_count(groups, targets, rank)
-    report = {
-        "model": meta.name, "source": meta.source, "model_type": model.config.model_type,
-        "total_parameters": total,
-        "linear_modules": [{"name": g.name, "in_features": g.in_features, "out_features": g.out_features,
-                            "count": g.count, "parameters": g.parameters, "targeted": g.name in chosen}
-                           for g in groups],
-        "auto_targets": auto if isinstance(auto, str) else list(auto),
-        "lora": {"rank": rank, "target_modules": targets if isinstance(targets, str) else list(targets),
-                 "trainable_parameters": trainable, "trainable_percent": 100 * trainable / (total + trainable)},
-    }
-    if tree:
-        report["tree"] = [{"depth": d, "name": n, "class": c, "parameters": p} for d, n, c, p in module_tree(model)]
-    return report

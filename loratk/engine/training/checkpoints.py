@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from loratk.fileio import atomic_write_text
+from loratk.fileio import apply_umask, atomic_write_text
 
 COMPLETE_MARKER = "loratk_checkpoint_complete.json"
 DAMAGED_PREFIX = "damaged-"  # not "checkpoint-*": neither loratk nor the Trainer's rotation picks it up
@@ -146,6 +146,7 @@ class MarkCompleteCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
+                apply_umask(folder)  # safetensors writes its weights 0600 whatever the umask
                 files = {path.name: path.stat().st_size for path in sorted(folder.iterdir())
                          if path.is_file() and path.name != COMPLETE_MARKER}
                 atomic_write_text(folder / COMPLETE_MARKER,

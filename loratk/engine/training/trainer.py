@@ -14,7 +14,11 @@ from pathlib import Path
 from transformers import Trainer
 
 from loratk.engine.kernels.loss import fused_loss_sum, head_weight_if_fusable
+from loratk.engine.models.weight_files import refusing_unsafe_pickles
 from loratk.errors import LoratkError
+
+UNSAFE_CHECKPOINT_HINT = ("resume only from checkpoints this run wrote: move that checkpoint folder away to resume "
+                          "from the one before it, or start again without --resume")
 
 
 class LoratkTrainer(Trainer):
@@ -86,6 +90,12 @@ class LoratkTrainer(Trainer):
             raise LoratkError(f"could not write checkpoint {where}: {reason} ({kept})",
                               "free some space (or lower --save_total_limit), then rerun with --resume"
                               if last else "free some space, then train again") from exc
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint is None:
+            return super().train(**kwargs)
+        with refusing_unsafe_pickles(Path(resume_from_checkpoint), UNSAFE_CHECKPOINT_HINT):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _track_num_input_tokens(self, inputs):
         """Count real tokens: packed rows carry no attention mask, and their padding (which

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 from loratk.errors import DataError
+from loratk.fileio import check_text_head, read_text
 from loratk.plugins.hookspecs import hookimpl
 
 
@@ -50,13 +50,18 @@ def _first_clashing_row(rows: list) -> int:
     return bad
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    # Some of json's messages end in "at" already ("Invalid control character at").
+    return exc.msg.removesuffix(" at")
+
+
 def load_json(source: str, options: Mapping[str, Any]):
-    text = Path(source).read_text(encoding="utf-8")
+    text = read_text(source)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            f"{source} is not valid JSON: {_json_problem(exc)} at line {exc.lineno}, column {exc.colno}",
             "fix the file, or name it .jsonl if it holds one JSON object per line",
         ) from exc
     if isinstance(data, dict):
@@ -74,23 +79,22 @@ def load_json(source: str, options: Mapping[str, Any]):
 
 def load_jsonl(source: str, options: Mapping[str, Any]):
     rows = []
-    with open(source, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{source} line {number} is not valid JSON: {exc.msg} at column {exc.colno}",
-                    "each line of a .jsonl file must be one complete JSON object",
-                ) from exc
+    for number, line in enumerate(read_text(source).split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{source} line {number} is not valid JSON: {_json_problem(exc)} at column {exc.colno}",
+                "each line of a .jsonl file must be one complete JSON object",
+            ) from exc
     return _rows_to_dataset(rows, source)
 
 
 def load_txt(source: str, options: Mapping[str, Any]):
     """Plain text, one example per paragraph: examples are separated by blank lines."""
-    text = Path(source).read_text(encoding="utf-8").replace("\r\n", "\n")
+    text = read_text(source).replace("\r\n", "\n")
     examples = [part.strip("\n") for part in re.split(r"\n[ \t]*\n", text) if part.strip()]
     column = options.get("text_column") or "text"
     return _rows_to_dataset([{column: example} for example in examples], source)
@@ -106,6 +110,7 @@ def _load_with_builder(builder: str, source: str):
 
 
 def load_csv(source: str, options: Mapping[str, Any]):
+    check_text_head(source)
     return _load_with_builder("csv", source)
 
 
@@ -116,7 +121,11 @@ def load_parquet(source: str, options: Mapping[str, Any]):
 def load_disk(source: str, options: Mapping[str, Any]):
     from datasets import DatasetDict, load_from_disk
 
-    data = load_from_disk(source)
+    try:
+        data = load_from_disk(source)
+    except Exception as exc:  # a damaged state.json, dataset_info.json or arrow file
+        raise DataError(f"cannot read the saved dataset {source}: {type(exc).__name__}: {exc}",
+                        "the folder is damaged: save it again with Dataset.save_to_disk") from exc
     if isinstance(data, DatasetDict):
         split = options.get("dataset_split") or "train"
         if split not in data:

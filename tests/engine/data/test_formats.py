@@ -35,8 +35,8 @@ GOOD_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant
 @pytest.mark.parametrize("bad_row, message", [
     ({"prompt": "2+2=", "completion": ""}, "row 3 of .*: 'completion' is empty"),
     ({"prompt": "2+2=", "completion": 4}, "row 3 of .*does not have the field types of the rows before it"),
-    ({"instruction": "add", "input": "1 2"}, "row 3 of .*: the 'output' field is missing"),
-    ({"instruction": "add", "input": "1 2", "output": None}, "row 3 of .*: the 'output' field is missing"),
+    ({"instruction": "add", "input": "1 2"}, "row 3 of .*: the 'output' field is null \\(or absent from this row\\)"),
+    ({"instruction": "add", "input": "1 2", "output": None}, "row 3 of .*: the 'output' field is null \\(or absent from this row\\)"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]},
      "row 3 of .*, turn 2: unknown role 'bot'"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "row 3 of .*: the chat has no assistant turn"),

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from loratk.engine.inference.high_precision import execution_units, float64_execution
 from loratk.engine.memory.measure import measure_peak_bytes
+from loratk.testing import in_fresh_process
 
 
 def tiny_llama(layers=2, tie=False, dtype=torch.float32, vocab=300):
@@ -65,10 +66,19 @@ def test_units_are_the_decoder_layers_and_what_owns_weights_outside_them():
 
 
 @pytest.mark.parametrize("layers, vocab", [(12, 300), (2, 5000)])
-def test_only_one_layer_at_a_time_takes_float64_memory(layers, vocab, monkeypatch):
+def test_only_one_layer_at_a_time_takes_float64_memory(layers, vocab):
+    peak, weights = in_fresh_process(float64_forward_peak, layers, vocab)
+    # Twelve layers: one is 1/13 of the weights. A 5,000-word vocabulary: embeddings and head are
+    # 90% of them, and neither is ever upcast. Upcasting the whole model would take 3x the weights.
+    assert weights < peak < 1.3 * weights
+
+
+def float64_forward_peak(layers: int, vocab: int) -> tuple[int, int]:
+    """Peak bytes of building a model and running it under float64_execution, and its weights' bytes
+    (measured in a fresh process, so earlier tests cannot change the count)."""
     from loratk.engine.inference import high_precision
 
-    monkeypatch.setattr(high_precision, "ROWS_PER_CHUNK", 256)  # scaled down with the model
+    high_precision.ROWS_PER_CHUNK = 256  # scaled down with the model
     box = {}
 
     def run():
@@ -77,7 +87,4 @@ def test_only_one_layer_at_a_time_takes_float64_memory(layers, vocab, monkeypatc
             model(input_ids=IDS)
 
     peak = measure_peak_bytes(run)
-    weights = sum(p.numel() * p.element_size() for p in box["model"].parameters())
-    # Twelve layers: one is 1/13 of the weights. A 5,000-word vocabulary: embeddings and head are
-    # 90% of them, and neither is ever upcast. Upcasting the whole model would take 3x the weights.
-    assert weights < peak < 1.3 * weights
+    return peak, sum(p.numel() * p.element_size() for p in box["model"].parameters())

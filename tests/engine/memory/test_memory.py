@@ -143,25 +143,33 @@ def test_largest_fitting_is_the_edge(llama7b):
 
 
 def test_estimate_matches_a_measured_training_run(tmp_path):
-    """A small version of benchmarks/memory_accuracy.py: one real `loratk train` on CPU."""
-    from rich.console import Console
-
+    """A small version of benchmarks/memory_accuracy.py: one real `loratk train` on CPU, measured in a
+    fresh interpreter so that what ran earlier in this process cannot change the count."""
     from loratk.config.train_config import TrainConfig
     from loratk.engine.memory.report import default_attention, settings_for
-    from loratk.engine.training.run import train
-    from loratk.testing import build_tiny_model
+    from loratk.testing import build_tiny_model, in_fresh_process
 
     model = build_tiny_model(tmp_path / "model", "llama", hidden_size=128, intermediate_size=344,
                              num_attention_heads=4, num_key_value_heads=2)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"text": "lamp river stone quiet " * 200}) + "\n" for _ in range(4)))
-    config = TrainConfig.from_mapping(dict(
-        model_name_or_path=str(model), dataset_path=[str(data)], output_dir=str(tmp_path / "out"), bf16=False,
-        per_device_train_batch_size=2, max_seq_length=256, max_steps=2, gradient_accumulation_steps=1,
-        logging_steps=1, save_steps=100))
-    measured = measure_training_peak(lambda after_load: train(config, Console(quiet=True), after_load=after_load))
+    values = dict(model_name_or_path=str(model), dataset_path=[str(data)], output_dir=str(tmp_path / "out"),
+                  bf16=False, per_device_train_batch_size=2, max_seq_length=256, max_steps=2,
+                  gradient_accumulation_steps=1, logging_steps=1, save_steps=100)
+    measured = in_fresh_process(measured_training_peak, values)
+    config = TrainConfig.from_mapping(values)
     meta = build_meta_model(str(model))
     settings = settings_for(meta.model, config, device="cpu", attn_implementation=default_attention(meta.model, config))
     estimated = estimate(model_shape(meta.model), settings).tensor_bytes
     assert 0.8 < estimated / measured < 1.2, f"estimate {estimated / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB"
 
+
+def measured_training_peak(values: dict) -> int:
+    """Peak tensor bytes of ``loratk train`` with these TrainConfig values (run in a fresh process)."""
+    from rich.console import Console
+
+    from loratk.config.train_config import TrainConfig
+    from loratk.engine.training.run import train
+
+    config = TrainConfig.from_mapping(values)
+    return measure_training_peak(lambda after_load: train(config, Console(quiet=True), after_load=after_load))

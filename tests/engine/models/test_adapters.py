@@ -16,17 +16,19 @@ from loratk.errors import ModelError, UsageError
 TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj"]
 
 
-def make_adapter(base: Path, folder: Path, seed: int, rank: int = 4, b_scale: float = 1.0) -> Path:
+def make_adapter(base: Path, folder: Path, seed: int, rank: int = 4, b_scale: float = 1.0, dropout: float = 0.0) -> Path:
     """A LoRA adapter with random non-zero B (so it changes outputs), saved like train saves one.
 
-    ``b_scale`` shrinks B towards the size training gives it on a real model."""
+    ``b_scale`` shrinks B towards the size training gives it on a real model; ``dropout`` is the
+    adapter's lora_dropout (train's default is 0.05)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=rank, lora_alpha=4 * rank, target_modules=TARGETS, init_lora_weights=False))
+                           LoraConfig(r=rank, lora_alpha=4 * rank, target_modules=TARGETS, init_lora_weights=False,
+                                      lora_dropout=dropout))
     model.peft_config["default"].base_model_name_or_path = str(base)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -7,8 +7,7 @@ import resource
 import pytest
 
 from loratk.config.known_models import KNOWN_MODELS, canonical_id, known_model_config, known_model_ids
-from loratk.engine.models.meta_model import (build_meta_model, linear_groups, lora_parameter_count, module_report,
-                                      parameter_count)
+from loratk.engine.models.meta_model import build_meta_model, linear_groups, lora_parameter_count, parameter_count
 from loratk.errors import ModelError, UsageError
 
 
@@ -95,13 +94,3 @@ def test_lora_count_equals_peft_on_a_real_model(tiny_model):
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
                                LoraConfig(r=4, target_modules=targets))
         assert lora_parameter_count(groups, targets, 4) == model.get_nb_trainable_parameters()[0]
-
-
-def test_module_report_marks_targets_and_rejects_unknown_names(tiny_model):
-    meta = build_meta_model(str(tiny_model))
-    report = module_report(meta, ["q_proj", "v_proj"], 8, tree=True)
-    assert {r["name"] for r in report["linear_modules"] if r["targeted"]} == {"q_proj", "v_proj"}
-    assert report["auto_targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert report["tree"][0]["name"] == "(model)"
-    with pytest.raises(UsageError, match="its Linear modules are: down_proj, gate_proj"):
-        module_report(meta, ["qproj"], 8)
