@@ -7,6 +7,7 @@ configuration written next to each run is their values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -123,8 +124,8 @@ class TrainConfig:
     precompute_ref_log_probs: bool = _opt(False, "dpo: compute the reference log-probabilities once before "
                                           "training (cached with the data) instead of in every step.", flag=True)
     # Run control
-    resume: bool = _opt(False, "Continue from the newest checkpoint in output_dir.", flag=True, recorded=False)
-    overwrite: bool = _opt(False, "Replace a finished adapter already in output_dir.", flag=True, recorded=False)
+    resume: bool = _opt(False, "Continue from the newest intact checkpoint in output_dir.", flag=True, recorded=False)
+    overwrite: bool = _opt(False, "Replace an earlier run (finished or not) in output_dir.", flag=True, recorded=False)
     trust_remote_code: bool = _opt(False, "Allow the model repository's own Python code to run.", flag=True)
 
     @classmethod
@@ -154,6 +155,14 @@ class TrainConfig:
     def validate(self, source: str = "configuration") -> None:
         """Check the values together; raise ConfigError listing every problem."""
         problems = []
+        # inf and nan pass every comparison below (nan compares false both ways), so they go first.
+        infinite = {f.name for f in dataclasses.fields(self)
+                    if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))}
+        problems += [f"{name} must be a finite number, got {getattr(self, name)}" for name in sorted(infinite)]
+        if not self.output_dir.strip():
+            problems.append("output_dir must not be empty")
+        if problems:
+            raise ConfigError(problems, source)
 
         def positive(name: str) -> None:
             if getattr(self, name) <= 0:

@@ -1,35 +1,55 @@
-"""Checks made before any training work: the output folder, resumability, space to write."""
+"""Checks made before any training work: the output folder, the model's limits, space to write.
+
+None of them writes anything; a refused run leaves the disk as it found it.
+"""
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import shutil
 from pathlib import Path
 
 from loratk.config.train_config import TrainConfig
-from loratk.engine.training.checkpoints import latest_checkpoint
+from loratk.engine.training.checkpoints import checkpoints
 from loratk.engine.training.outputs import has_finished_adapter
+from loratk.engine.training.resume import ResumePlan, plan_resume
 from loratk.errors import LoratkError, UsageError
 
-# Bytes written per trainable parameter by one checkpoint: fp32 weights plus AdamW's two moments.
-CHECKPOINT_BYTES_PER_PARAMETER = 12
-SPACE_MARGIN_BYTES = 64 * 2**20
+# Bytes per trainable parameter: the fp32 adapter, and AdamW's two fp32 moments beside it in a checkpoint.
+ADAPTER_BYTES_PER_PARAMETER = 4
+OPTIMIZER_BYTES_PER_PARAMETER = 8
+# What each checkpoint holds besides tensors and the tokenizer (trainer state, scheduler, RNG
+# states, training arguments, model card), and the run's own files (metrics, curves, summary).
+CHECKPOINT_EXTRA_BYTES = 64 * 2**10
+RUN_EXTRA_BYTES = 256 * 2**10
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
+                   "spiece.model", "vocab.txt")
 
 
-def check_output_dir(config: TrainConfig) -> Path | None:
-    """Refuse to clobber a finished run; return the checkpoint to resume from, if resuming."""
+def check_output_dir(config: TrainConfig) -> ResumePlan | None:
+    """Refuse to clobber an earlier run; return what to resume from, if resuming."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {out} is a file", "pass a folder path to --output_dir")
-    if has_finished_adapter(out) and not (config.overwrite or config.resume):
+    if config.resume:
+        return plan_resume(config)
+    if config.overwrite:
+        return None
+    if has_finished_adapter(out):
         raise UsageError(f"output_dir {out} already holds a finished adapter (final/)",
                          "pass --overwrite to replace it, --resume to continue, or choose another --output_dir")
-    if config.resume:
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
-            raise UsageError(f"--resume: no complete checkpoint-N folder in {out}",
-                             "run without --resume to start afresh")
-        return checkpoint
+    found = checkpoints(out)
+    complete = [path for _, path, ok in found if ok]
+    if complete:
+        raise UsageError(f"output_dir {out} holds an unfinished run ({len(complete)} checkpoint"
+                         f"{'s' if len(complete) > 1 else ''}, newest {complete[-1].name}, no final/)",
+                         "pass --resume to continue it, --overwrite to start afresh, or choose another --output_dir")
+    if found:
+        raise UsageError(f"output_dir {out} holds a half-written {found[-1][1].name} of an earlier run",
+                         "pass --overwrite to start afresh, or choose another --output_dir")
     return None
 
 
@@ -54,19 +74,98 @@ def check_optimizer(config: TrainConfig, cuda: bool) -> None:
                              "pip install 'loratk[quantization]'") from exc
 
 
-def check_writable(path: Path, trainable_parameters: int, checkpoints_kept: int) -> None:
-    """Fail now, not hours from now, if output_dir cannot take the checkpoints and the adapter."""
+def check_model_limits(config: TrainConfig, model_config) -> list[str]:
+    """Refuse a sequence length or rank the model cannot take; return warnings for what it takes badly.
+
+    Works on a weightless copy of the model, so it costs well under a second, before any weights load.
+    """
+    import torch
+
+    from loratk.engine.models.meta_model import linear_groups, meta_model_from_config, targeted_names
+    from loratk.engine.models.targets import resolve_target_modules
+
+    model = meta_model_from_config(copy.deepcopy(model_config), config.trust_remote_code)
+    warnings = []
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.max_seq_length > limit:
+        embeddings = model.get_input_embeddings()
+        learned = any(isinstance(m, torch.nn.Embedding) and m is not embeddings and m.num_embeddings == limit
+                      for m in model.modules())
+        if learned:
+            raise UsageError(f"max_seq_length {config.max_seq_length} is beyond the {limit} positions this "
+                             f"{model_config.model_type} model has (learned position embeddings)",
+                             f"pass --max_seq_length {limit} or less")
+        warnings.append(f"max_seq_length {config.max_seq_length} is beyond the {limit} positions the model was "
+                        f"trained on (max_position_embeddings); longer examples may train and generate badly")
+    groups = linear_groups(model)
+    names = set(targeted_names(groups, resolve_target_modules(model, config.target_module_list())))
+    widths = {}
+    for group in groups:
+        if group.name in names:
+            widths[group.name] = min(widths.get(group.name, group.in_features), group.in_features, group.out_features)
+    if widths and config.lora_rank > max(widths.values()):
+        raise UsageError(f"lora_rank {config.lora_rank} is larger than any targeted layer can use: a LoRA update of "
+                         f"an in x out layer has rank at most min(in, out), here at most {max(widths.values())}",
+                         f"pass --lora_rank {max(widths.values())} or less")
+    narrow = sorted(name for name, width in widths.items() if config.lora_rank > width)
+    if narrow:
+        warnings.append(f"lora_rank {config.lora_rank} exceeds what {', '.join(narrow)} can use (rank at most "
+                        f"{min(widths[n] for n in narrow)}); the extra rank there only costs memory")
+    return warnings
+
+
+def tokenizer_bytes(model_path: str | Path) -> int:
+    """Bytes of the tokenizer files that every checkpoint and the final adapter copy."""
+    folder = Path(model_path)
+    return sum((folder / name).stat().st_size for name in TOKENIZER_FILES if (folder / name).is_file())
+
+
+def checkpoints_at_peak(config: TrainConfig, train_rows: int, processes: int = 1) -> int:
+    """How many checkpoints exist at once at most: those the schedule saves, up to save_total_limit
+    plus the one written before the oldest is rotated away."""
+    if config.max_steps > 0:
+        steps = config.max_steps
+    else:
+        batches = math.ceil(train_rows / (config.per_device_train_batch_size * processes))
+        steps = math.ceil(config.num_train_epochs * math.ceil(batches / config.gradient_accumulation_steps))
+    return min(config.save_total_limit + 1, steps // config.save_steps)
+
+
+def space_needed(trainable_parameters: int, checkpoints: int, tokenizer_size: int) -> int:
+    """Bytes a run has written at its peak: ``checkpoints`` checkpoints, final/, metrics and curves."""
+    adapter = trainable_parameters * ADAPTER_BYTES_PER_PARAMETER + tokenizer_size
+    checkpoint = adapter + trainable_parameters * OPTIMIZER_BYTES_PER_PARAMETER + CHECKPOINT_EXTRA_BYTES
+    return checkpoints * checkpoint + adapter + RUN_EXTRA_BYTES
+
+
+def check_writable(path: Path, needed: int) -> None:
+    """Fail now, not hours from now, if output_dir cannot take ``needed`` bytes; create nothing then."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LoratkError(f"cannot write to output_dir {path}: {existing} is not a folder",
+                          "choose a writable folder with free space for --output_dir")
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise LoratkError(f"output_dir {path} has {_mb(free)} free; the checkpoints and the adapter need about "
+                          f"{_mb(needed)}", "free some space, lower --save_total_limit, or choose another --output_dir")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".loratk-write-test-{os.getpid()}"
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as exc:
+        _remove_empty_up_to(path, existing)
         raise LoratkError(f"cannot write to output_dir {path}: {exc.strerror or exc}",
                           "choose a writable folder with free space for --output_dir") from exc
-    needed = trainable_parameters * CHECKPOINT_BYTES_PER_PARAMETER * (checkpoints_kept + 2) + SPACE_MARGIN_BYTES
-    free = shutil.disk_usage(path).free
-    if free < needed:
-        raise LoratkError(f"output_dir {path} has {free / 2**20:,.0f} MB free; checkpoints and the adapter "
-                          f"need about {needed / 2**20:,.0f} MB",
-                          "free some space, lower --save_total_limit, or choose another --output_dir")
+
+
+def _remove_empty_up_to(path: Path, stop: Path) -> None:
+    while path != stop and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:,.1f} MB" if size < 10 * 2**20 else f"{size / 2**20:,.0f} MB"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -93,5 +94,22 @@ class RichProgress(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
+        self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    @contextlib.contextmanager
+    def closed_on_exit(self):
+        """Stop the bar however training ends, so an error line is not drawn over by it."""
+        try:
+            yield self
+        finally:
+            self.close()
+
+
+def warn(console, message: str) -> None:
+    """One warning line on the run's console (stderr), never wrapped."""
+    console.print(f"loratk: warning: {message}", markup=False, highlight=False, soft_wrap=True)

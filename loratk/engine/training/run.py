@@ -18,7 +18,7 @@ from loratk.config.recipes import RUN_FILE, dump_run_config
 from loratk.config.train_config import TrainConfig
 from loratk.engine.memory.measure import peak_memory_mb
 from loratk.engine.quiet import quiet_libraries
-from loratk.errors import Interrupted
+from loratk.errors import Interrupted, LoratkError
 from loratk.fileio import append_line, atomic_write_text
 
 
@@ -113,6 +113,7 @@ def training_arguments(config: TrainConfig, precision: str, has_eval: bool, grou
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         prediction_loss_only=True,  # evaluation needs the loss only, never the logits
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run (LoratkTrainer); never average it away
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if group_by_length else "random",  # padded batches
     )
@@ -142,7 +143,7 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
 
     from loratk.engine.kernels.attention import use_varlen_attention
     from loratk.engine.memory.checkpointing_policy import choose_gradient_checkpointing
-    from loratk.engine.training.checkpoints import MarkCompleteCheckpoints, discard_incomplete
+    from loratk.engine.training.checkpoints import MarkCompleteCheckpoints, discard_all, discard_incomplete, set_aside
     from loratk.engine.data.pipeline import prepare_data
     from loratk.engine.training.distributed import device_map_for_quantized, is_main_process, using_fsdp, world_size
     from loratk.engine.training.interrupts import StopOnSignal
@@ -150,8 +151,10 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     from loratk.engine.training.outputs import CURVES_FILE, plot_curves, write_final_adapter
     from loratk.engine.models.lora_variants import variant_summary
     from loratk.engine.models.precision import choose_precision
-    from loratk.engine.training.preflight import check_optimizer, check_output_dir, check_sharding, check_writable
-    from loratk.engine.training.reporting import MetricsFile, RichProgress
+    from loratk.engine.training.preflight import (check_model_limits, check_optimizer, check_output_dir,
+                                                  check_sharding, check_writable, checkpoints_at_peak, space_needed,
+                                                  tokenizer_bytes)
+    from loratk.engine.training.reporting import MetricsFile, RichProgress, warn
     from loratk.engine.models.targets import resolve_target_modules
     from loratk.engine.kernels.fused_lora import unfused_targets
     from loratk.engine.models.lora_variants import initial_state, rewrites_base
@@ -159,11 +162,27 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     from loratk.engine.training.trainer import LoratkTrainer
 
     main = is_main_process()
-    resume_from = check_output_dir(config)
+    resume = check_output_dir(config)
+    resume_from = resume.checkpoint if resume else None
+
+    def show(message: str) -> None:  # once, not once per process
+        if main:
+            warn(console, message)
+
+    if resume is not None:
+        for path, problem in resume.damaged:
+            show(f"{path.name} is damaged ({problem}); resuming from {resume_from.name} instead "
+                 f"({path.name} is moved to damaged-{path.name})")
+        if resume.changes is None:
+            show(f"{RUN_FILE} is missing or unreadable: the settings cannot be checked against "
+                 f"those {resume_from.name} was trained with")
+        elif resume.changes:
+            show(f"resuming {resume_from.name} with changed settings: {'; '.join(resume.changes)}")
     check_optimizer(config, torch.cuda.is_available())
     check_sharding(using_fsdp(), torch.cuda.is_available())
     model_path = resolve_model_path(config.model_name_or_path)
-    load_config(model_path, config.trust_remote_code)
+    for warning in check_model_limits(config, load_config(model_path, config.trust_remote_code)):
+        show(warning)
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
     token_ids = add_new_tokens(tokenizer, config.new_tokens, config.add_special_tokens)  # before tokenizing the data
     data = prepare_data(config, tokenizer)
@@ -203,15 +222,24 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
             by_reason.setdefault(reason, []).append(target)
         for reason, names in by_reason.items():
             console.print(f"peft's forward for {', '.join(names)} ({reason}), not loratk's fused LoRA layer")
-        check_writable(out, trainable, config.save_total_limit)
+        kept = checkpoints_at_peak(config, len(data.train), world_size())
+        check_writable(out, space_needed(trainable, kept, tokenizer_bytes(model_path)))
         discard_incomplete(out)
+        if resume is not None:
+            for path, _ in resume.damaged:
+                set_aside(path)
+        elif config.overwrite:
+            discard_all(out)  # the earlier run's checkpoints must not mix with this run's
         header = f"Written by loratk train. Reproduce this run with:\n  loratk train --recipe {out / RUN_FILE}"
+        if resume is not None and resume.changes:  # what ran before the checkpoint, and what runs now
+            header += f"\nResumed from {resume_from.name} with changed settings: {'; '.join(resume.changes)}"
         atomic_write_text(out / RUN_FILE, dump_run_config(config, header))
         if resume_from is None:
             metrics.path.unlink(missing_ok=True)
         else:
-            keep_metrics_until(metrics.path, int(resume_from.name.rsplit("-", 1)[1]))
+            keep_metrics_until(metrics.path, resume.step)
     stopper = StopOnSignal()
+    progress = RichProgress(console)
     trainer_class, extra = LoratkTrainer, {}
     if config.is_preference:
         from loratk.engine.training.preference_trainer import preference_trainer_options
@@ -221,10 +249,11 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
                                                                  group_by_length=not data.stats["packing"]),
                             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
                             data_collator=data.collator, loraplus_lr_ratio=config.loraplus_lr_ratio,
-                            callbacks=[MarkCompleteCheckpoints(), metrics, RichProgress(console), stopper], **extra)
+                            callbacks=[MarkCompleteCheckpoints(), metrics, progress, stopper], **extra)
     trainer.remove_callback(PrinterCallback)  # loratk's progress bar replaces the dict printing
-    with stopper.installed():
+    with stopper.installed(), progress.closed_on_exit():
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        trainer.raise_if_diverged()  # steps after the last log, before anything final is written
     if stopper.received is not None:
         raise Interrupted(f"training interrupted at step {trainer.state.global_step}; "
                           f"checkpoint saved in {out / f'checkpoint-{trainer.state.global_step}'}",
@@ -266,7 +295,11 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     }
     final = out / "final"
     if main:
-        write_final_adapter(model, tokenizer, out, summary, initial_adapter)
+        try:
+            write_final_adapter(model, tokenizer, out, summary, initial_adapter)
+        except OSError as exc:  # the temporary folder is gone again; an earlier final/ is untouched
+            raise LoratkError(f"could not write the final adapter into {final}: {exc.strerror or exc}",
+                              "free some space, then rerun with --resume (the checkpoints are intact)") from exc
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         append_line(metrics.path, json.dumps({"step": output.global_step, "summary": True, **numbers}))
         plot_curves(metrics.history, out / CURVES_FILE)
