@@ -159,6 +159,10 @@ class TrainConfig:
         infinite = {f.name for f in dataclasses.fields(self)
                     if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))}
         problems += [f"{name} must be a finite number, got {getattr(self, name)}" for name in sorted(infinite)]
+        for name in ("rank_pattern", "alpha_pattern"):
+            problems += [f"{name}: {module} must be a finite number, got {value}"
+                         for module, value in (getattr(self, name) or {}).items()
+                         if isinstance(value, float) and not math.isfinite(value)]
         if not self.output_dir.strip():
             problems.append("output_dir must not be empty")
         if problems:

@@ -65,3 +65,9 @@ def test_per_module_patterns_come_from_recipes_or_the_command_line():
 def test_variant_options_are_checked(values, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         TrainConfig.from_mapping(values)
+
+
+@pytest.mark.parametrize("pattern", [{"o_proj": float("inf")}, "o_proj=nan"])
+def test_pattern_values_must_be_finite(pattern):
+    with pytest.raises(ConfigError, match="alpha_pattern: o_proj must be a finite number"):
+        TrainConfig.from_mapping({"alpha_pattern": pattern})

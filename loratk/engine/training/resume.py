@@ -23,7 +23,9 @@ from loratk.errors import UsageError
 FIXED_BY_CHECKPOINT = ("model_name_or_path", "quantization", "lora_rank", "lora_alpha", "target_modules",
                        # the LoRA variants' options (docs/lora-variants.md), where present
                        "use_dora", "use_rslora", "init_lora_weights", "rank_pattern", "alpha_pattern",
-                       "modules_to_save", "new_tokens", "add_special_tokens")
+                       "modules_to_save", "new_tokens", "add_special_tokens",
+                       # an SFT checkpoint is no preference run's, nor one preference loss another's
+                       "method")
 # Changing these changes nothing a run learns.
 UNNOTICED = ("logging_steps", "save_steps", "save_total_limit", "report_to", "output_dir",
              "use_4bit", "use_8bit")  # (these two are compared as the quantization they ask for)

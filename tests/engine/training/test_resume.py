@@ -34,3 +34,8 @@ def test_an_unreadable_record_is_reported_as_unknown(tmp_path):
     (tmp_path / "loratk_run.yaml").write_text("lora_rank: [")
     assert compare_with_recorded(RECORDED, tmp_path / "loratk_run.yaml") == ([], None)
     assert compare_with_recorded(RECORDED, tmp_path / "missing.yaml") == ([], None)
+
+
+def test_variant_and_method_changes_are_refused(tmp_path):
+    refused, _ = compare(tmp_path, use_dora=True, method="dpo")
+    assert sorted(refused) == ["method sft -> dpo", "use_dora False -> True"]
