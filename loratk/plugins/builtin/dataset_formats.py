@@ -122,7 +122,9 @@ def load_disk(source: str, options: Mapping[str, Any]):
     from datasets import DatasetDict, load_from_disk
 
     try:
-        data = load_from_disk(source)
+        # Read into memory, as JSON files are: processing a memory-mapped dataset would write
+        # datasets' cache files into the user's folder (which may be read-only).
+        data = load_from_disk(source, keep_in_memory=True)
     except Exception as exc:  # a damaged state.json, dataset_info.json or arrow file
         raise DataError(f"cannot read the saved dataset {source}: {type(exc).__name__}: {exc}",
                         "the folder is damaged: save it again with Dataset.save_to_disk") from exc
