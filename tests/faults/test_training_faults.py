@@ -123,10 +123,11 @@ FLOAT_OPTIONS = [f.name for f in dataclasses.fields(TrainConfig) if "float" in s
 @pytest.mark.parametrize("name", FLOAT_OPTIONS)
 def test_non_finite_options_are_refused_before_anything_is_written(name, value, data, tmp_path):
     out = tmp_path / "out"
-    result = run_cli(["train", str(data), "--output_dir", str(out), f"--{name}", value])
+    pattern = name.endswith("_pattern")  # per-module values: NAME=NUMBER pairs
+    result = run_cli(["train", str(data), "--output_dir", str(out), f"--{name}", f"o_proj={value}" if pattern else value])
     assert result.exit_code == 2
     [line] = error_lines(result)
-    assert f"{name} must be a finite number" in line
+    assert (f"{name}: o_proj must be a finite number" if pattern else f"{name} must be a finite number") in line
     assert not out.exists()
 
 
