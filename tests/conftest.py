@@ -11,6 +11,14 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """The random order's seed, also under -q (pytest-randomly prints it in the header only), so a
+    failing order can be replayed with --randomly-seed."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None:
+        terminalreporter.write_line(f"test order: --randomly-seed={seed} replays it")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` skip, with the reason, where no CUDA GPU is present."""
     marked = [item for item in items if item.get_closest_marker("cuda")]
