@@ -344,8 +344,8 @@ def main() -> None:
     data = Path(args.data) if args.data else work / "data.jsonl"
     if not args.data:
         build_dataset(data, args.tokens)
-    configs = ([c for c in args.configs.split(",") if c] + (list(ABLATIONS) if args.ablations else [])
-               + (list(VARIANTS) if args.variants else []))
+    configs = list(dict.fromkeys([c for c in args.configs.split(",") if c] + (list(ABLATIONS) if args.ablations else [])
+                                 + (list(VARIANTS) if args.variants else [])))  # each once, named or implied
     peaks = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
     results: dict[str, list[dict]] = {c: [] for c in configs}
     for repeat in range(args.repeats):
