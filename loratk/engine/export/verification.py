@@ -61,18 +61,24 @@ def check_metadata(reader, config) -> None:
         fail("the block count differs from the model's")
 
 
-def round_trip_texts(tokenizer) -> list[str]:
+def round_trip_texts(tokenizer, in_chat: bool = False) -> list[str]:
+    """The multilingual strings (as they are, or each as a user turn of a chat) and the check prompts."""
     from loratk.engine.data.tokenize import render_chat
     from loratk.engine.inference.merging import VERIFY_PROMPTS
 
-    chats = [render_chat([{"role": "user", "content": p}], tokenizer, add_generation_prompt=True) for p in VERIFY_PROMPTS]
-    return [*ROUND_TRIP_TEXTS, *chats]
+    def chat(text: str) -> str:
+        return render_chat([{"role": "user", "content": text}], tokenizer, add_generation_prompt=True)
+
+    plain = [chat(text) for text in ROUND_TRIP_TEXTS] if in_chat else list(ROUND_TRIP_TEXTS)
+    return [*plain, *(chat(p) for p in VERIFY_PROMPTS)]
 
 
 def check_tokenizer(reader, tokenizer) -> int:
-    """Token ids from the file's vocabulary against the Hugging Face tokenizer's; returns the strings checked."""
+    """Token ids from the file's vocabulary against the Hugging Face tokenizer's; returns the strings checked.
+    A SentencePiece vocabulary is checked on chat-rendered text, where its space rule was chosen to agree
+    (see sentencepiece_vocab); a byte-level one also on the bare strings."""
     rebuilt = tokenizer_from_gguf(reader)
-    texts = round_trip_texts(tokenizer)
+    texts = round_trip_texts(tokenizer, in_chat=field_value(reader, "tokenizer.ggml.model") == "llama")
     for text in texts:
         expected = tokenizer(text, add_special_tokens=False)["input_ids"]
         got = rebuilt.encode(text, add_special_tokens=False).ids
