@@ -10,7 +10,8 @@ llama-cpp-python is not a dependency of loratk; build it once from its source di
     python tools/check_gguf_with_llama_cpp.py --adapter demo-output/final --outtypes f16,q8_0,q4_0
 
 With ``--adapter`` (a real model's adapter, e.g. the one ``make demo`` trains) it exports that
-adapter and compares llama.cpp's greedy chat reply with ``loratk generate``'s on a few prompts.
+adapter and compares llama.cpp's greedy chat replies on a few prompts with ``loratk generate``'s
+(float files) or with transformers running the same quantized file.
 
 For each tiny model (Llama and Qwen2 with byte-level BPE vocabularies, Llama and Mistral with
 SentencePiece ones, both space rules) with a random adapter on every projection, it exports the
@@ -164,17 +165,40 @@ def llama_cpp_reply(job: dict) -> None:
     print(json.dumps(reply["choices"][0]["message"]["content"].strip()))
 
 
+def file_reply(path: Path, adapter: Path, prompt: str) -> str:
+    """The greedy chat reply of the model in a GGUF file as transformers dequantizes it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loratk.engine.data.tokenize import render_chat
+    from loratk.engine.models.adapters import read_adapter_config
+    from loratk.engine.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").exists()
+                               else read_adapter_config(str(adapter))["base_model_name_or_path"])
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    ids = tokenizer(render_chat([{"role": "user", "content": prompt}], tokenizer, add_generation_prompt=True),
+                    add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
 def check_adapter(adapter: Path, outtypes: list[str], work: Path) -> int:
-    """Greedy chat replies of llama.cpp on the exported files against ``loratk generate``."""
+    """Greedy chat replies of llama.cpp on the exported files against ``loratk generate`` (float
+    files) or against transformers running the same quantized file dequantized (quantization
+    changes a small model's replies; that both runtimes read the file alike is what is checked)."""
     from loratk.engine.export.exporting import export
     from loratk.engine.models.adapters import parse_adapter_specs
 
-    expected = {prompt: loratk_reply(adapter, prompt) for prompt in PROMPTS}
+    generated = {prompt: loratk_reply(adapter, prompt) for prompt in PROMPTS}
     failures = 0
     for outtype in outtypes:
         path = work / f"model-{outtype}.gguf"
         export(parse_adapter_specs([str(adapter)]), path, outtype=outtype, verify=False)
-        for prompt, want in expected.items():
+        quantized = outtype in ("q8_0", "q4_0")
+        for prompt in PROMPTS:
+            want = file_reply(path, adapter, prompt) if quantized else generated[prompt]
             job = json.dumps({"reply": True, "model": str(path), "prompt": prompt, "extra_buffers": True})
             proc = subprocess.run([sys.executable, __file__, "--child"], input=job, capture_output=True, text=True)
             if proc.returncode < 0:  # see run_llama_cpp
@@ -182,8 +206,10 @@ def check_adapter(adapter: Path, outtypes: list[str], work: Path) -> int:
                 proc = subprocess.run([sys.executable, __file__, "--child"], input=job, capture_output=True, text=True)
             got = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else f"<exit {proc.returncode}>"
             failures += got != want
+            against = "transformers on the same file" if quantized else "loratk generate"
             print(f"{'same' if got == want else 'DIFF'} {outtype:5s} {prompt!r}: llama.cpp {got!r}"
-                  + ("" if got == want else f"; loratk generate {want!r}"), flush=True)
+                  + ("" if got == want else f"; {against} {want!r}")
+                  + (f" (loratk generate, unquantized: {generated[prompt]!r})" if quantized else ""), flush=True)
     return failures
 
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from loratk.testing import run_cli
@@ -86,8 +87,6 @@ def test_shipped_accelerate_configs_load(config):
 
 
 def test_an_fsdp_config_is_refused_on_cpu_where_it_would_run_as_ddp(text_data, tiny_model, tmp_path):
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("FSDP runs on GPUs")
     result = run_cli(["train", str(text_data), "--model", str(tiny_model), "--output_dir", str(tmp_path / "out")],
@@ -97,22 +96,32 @@ def test_an_fsdp_config_is_refused_on_cpu_where_it_would_run_as_ddp(text_data, t
     assert not (tmp_path / "out").exists()
 
 
-def test_dpo_on_two_processes_matches_one(tiny_model, tmp_path):
+@pytest.mark.parametrize("precompute", [False, True], ids=["reference-each-step", "reference-precomputed"])
+def test_dpo_on_two_processes_matches_one(precompute, tiny_model, tmp_path, monkeypatch):
     """Each process's reference pass (the adapter off) and its loss, a mean over its pairs; DDP
-    averages the gradients: the same as one process with both halves of the batch."""
+    averages the gradients: the same as one process with both halves of the batch. Precomputed,
+    each process scores half of the pairs and the halves are gathered."""
     if shutil.which("torchrun") is None:
         pytest.skip("torchrun is not installed")
+    monkeypatch.setenv("LORATK_DATA_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"example {i} says", "chosen": f" {w}", "rejected": " no"}) + "\n"
                             for i, w in enumerate(WORDS)), encoding="utf-8")
-    dpo = ["--method", "dpo"]
+    dpo = ["--method", "dpo", *(["--precompute_ref_log_probs"] if precompute else [])]
     result = run_cli(["train", *common(data, tiny_model, tmp_path / "one"), *dpo, "--per_device_train_batch_size", "4"])
     assert result.exit_code == 0, result.output
     proc = subprocess.run([*LAUNCHERS["torchrun"], "-m", "loratk", "train", *common(data, tiny_model, tmp_path / "two"),
                            *dpo, "--per_device_train_batch_size", "2"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "LORATK_DATA_CACHE": str(tmp_path / "cache2")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
     one = load_file(tmp_path / "one" / "final" / "adapter_model.safetensors")
     two = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
     assert max((one[k] - two[k]).abs().max().item() for k in one) < TOLERANCE
+    if precompute:  # scored half by each process (its own cache, so not read from the first run's)
+        summary = json.loads((tmp_path / "two" / "final" / "loratk_summary.json").read_text())
+        assert summary["reference_log_probs"] == "precomputed, shared out over 2 processes"
+        [alone] = (tmp_path / "cache" / "reference").glob("*.pt")
+        [shared] = (tmp_path / "cache2" / "reference").glob("*.pt")
+        assert torch.allclose(torch.load(shared), torch.load(alone), atol=1e-5)

@@ -30,6 +30,17 @@ def ddp_backend() -> str | None:
     return None
 
 
+def join_process_group() -> None:
+    """Start this process's part of the process group now (as the Trainer would later, with the
+    same backend), for collective work before training, e.g. sharing out the reference pass."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(backend=ddp_backend())
+
+
 def device_map_for_quantized() -> dict[str, int] | None:
     """Quantized weights must be placed at load time: on this process's GPU (FSDP places them itself)."""
     import torch

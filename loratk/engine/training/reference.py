@@ -4,7 +4,9 @@ The base model (the adapter disabled) scores every pair's two answers once; the 
 data as a ``ref_logps`` column and each step skips the reference forward. They are cached next to
 the tokenized data (``<data cache>/reference/<key>.pt``), keyed by the pairs' tokens (which carry
 the data, the tokenizer and its chat template), the model's files, the precision and the
-quantization, so a second run over the same data, and a resumed run, reads them back.
+quantization, so a second run over the same data, and a resumed run, reads them back. Under
+DDP each process scores every world-size-th pair and the scores are gathered, so the pass costs
+each process its share, not the whole set.
 """
 
 from __future__ import annotations
@@ -47,26 +49,48 @@ def reference_cache_file(pairs, model_path: str, precision: str, quantization: s
 
 
 def compute_reference_log_probs(model, pairs, collator, batch_size: int, precision: str) -> torch.Tensor:
-    """(pairs, 2): each pair's chosen and rejected answer log-probability with the adapter disabled."""
+    """(pairs, 2): each pair's chosen and rejected answer log-probability with the adapter disabled.
+    Under DDP this process scores pairs rank, rank + world, ... and the shares are gathered."""
     from loratk.engine.kernels.loss import head_weight_if_fusable
+    from loratk.engine.training.distributed import join_process_group, rank, world_size
 
     device = next(model.parameters()).device
     head = head_weight_if_fusable(model)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    scores = []
+    mine = list(range(rank(), len(pairs), world_size()))
+    scores = [torch.zeros(0, 2)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), model.disable_adapter(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                                       enabled=dtype is not None):
-            for start in range(0, len(pairs), batch_size):
-                rows = [pairs[i] for i in range(start, min(start + batch_size, len(pairs)))]
+            for start in range(0, len(mine), batch_size):
+                rows = [pairs[i] for i in mine[start:start + batch_size]]
                 batch = {k: v.to(device) for k, v in collator(rows).items() if k != COLUMN}
                 chosen, rejected = sequence_log_probs(model, batch, head).sums.chunk(2)
-                scores.append(torch.stack([chosen, rejected], dim=1).cpu())
+                scores.append(torch.stack([chosen, rejected], dim=1).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(scores)
+    if world_size() == 1:
+        return torch.cat(scores)
+    join_process_group()
+    return gather_strided(torch.cat(scores), len(pairs), device)
+
+
+def gather_strided(share: torch.Tensor, total: int, device) -> torch.Tensor:
+    """Every process's rows (rank r held rows r, r + world, ...) gathered back into row order."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    longest = -(-total // world)
+    padded = torch.zeros(longest, share.shape[1], device=device)
+    padded[:len(share)] = share.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    full = torch.empty(total, share.shape[1])
+    for r, part in enumerate(parts):
+        full[r::world] = part[:len(range(r, total, world))].cpu()
+    return full
 
 
 def add_reference_log_probs(model, data, config, precision: str, model_path: str) -> None:
@@ -92,7 +116,10 @@ def add_reference_log_probs(model, data, config, precision: str, model_path: str
             if cache is not None:
                 _save(scores, cache)
         setattr(data, split, pairs.add_column(COLUMN, scores.tolist()))
-    data.stats["reference_log_probs"] = "precomputed, from the cache" if hits else "precomputed"
+    from loratk.engine.training.distributed import world_size
+
+    shared = f", shared out over {world_size()} processes" if world_size() > 1 and not hits else ""
+    data.stats["reference_log_probs"] = "precomputed, from the cache" if hits else f"precomputed{shared}"
 
 
 def _save(scores: torch.Tensor, path: Path) -> None:
