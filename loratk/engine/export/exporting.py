@@ -4,7 +4,8 @@ registered with the ``register_export_formats`` hook (the built-in ones are ``gg
 
 What ``loratk merge`` takes is taken here and handled by its machinery: the adapters and their base,
 weighted combinations, the unquantized base. Everything that can be refused is refused before the
-model is loaded: the format, the output path, the base's architecture and storage, the outtype.
+model is loaded: the format, the output path, the base's architecture and storage, the outtype,
+and (for a format that cannot hold them) the adapters' variants.
 Without an adapter, ``--model`` alone exports the base model (the ``-m base.gguf`` that a GGUF
 adapter is used with).
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loratk.engine.export.gguf_file import check_output
-from loratk.engine.models.adapters import AdapterSpec, base_model_of, load_adapters, trained_quantization
+from loratk.engine.models.adapters import (AdapterSpec, base_model_of, load_adapters, read_adapter_config,
+                                          trained_quantization)
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
 
@@ -86,7 +88,8 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
     config = load_config(base_path, trust_remote_code=trust_remote_code)
     check_unquantized(config, base_path)
     options: dict[str, Any] = {"output": output, "outtype": outtype, "verify": verify, "overwrite": overwrite,
-                               "ollama": ollama, "log": log, "progress": progress, "details": {}}
+                               "ollama": ollama, "log": log, "progress": progress, "details": {},
+                               "adapter_configs": {spec.name: read_adapter_config(spec.path) for spec in specs}}
     if hasattr(exporter, "check"):
         exporter.check(config, options)
     result = ExportResult([], format, base_path, [s.name for s in specs], combination, options["details"])
