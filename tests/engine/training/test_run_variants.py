@@ -1,5 +1,7 @@
 """LoRA variants end to end on a tiny model: the adapter trained is the adapter plain peft loads,
-it merges under verification, and an interrupted run resumes to the same adapter."""
+it merges under verification, exports to a verified GGUF that answers like it (or, where a llama.cpp
+LoRA file cannot hold the variant, is refused as a GGUF adapter), and an interrupted run resumes to
+the same adapter."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel
@@ -121,6 +124,74 @@ def test_a_variant_trains_saves_what_plain_peft_loads_and_merges_verified(name, 
         torch.testing.assert_close(logits(session.model, session.tokenizer), expected, atol=2e-4, rtol=1e-4)
     result = merge([AdapterSpec("a", final)], tmp_path / "merged", verify=True)
     assert result.max_logit_diff < result.tolerance
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_variant_exports_to_a_verified_gguf_that_answers_like_plain_peft(name, whole_run, tiny_model, tmp_path):
+    import gguf
+
+    from loratk.engine.export.exporting import export
+    from loratk.engine.export.gguf_vocab import CONTROL, USER_DEFINED, tokenizer_from_gguf
+
+    options = RUNS[name]
+    out, summary, _ = whole_run(name)
+    final = out / "final"
+    result = export([AdapterSpec("a", final)], tmp_path / "model.gguf", outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    # llama.cpp's tensors, as transformers reads them back, against the adapter on the original base
+    # (PiSSA/OLoRA: converted; LoftQ/QDoRA: the unquantized base, as the export notes)
+    peft_model, tokenizer = plain_peft(tiny_model, final, quantized=False)
+    from_file = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(from_file, tokenizer), logits(peft_model, tokenizer), atol=2e-4, rtol=1e-4)
+
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    rows = next(int(t.shape[1]) for t in reader.tensors if t.name == "token_embd.weight")  # GGUF shapes reversed
+    assert len(tokens) == rows == len(tokenizer) == 400 + len(summary.get("new_token_ids", []))
+    if "new_tokens" in options:
+        ids, types = summary["new_token_ids"], reader.get_field("tokenizer.ggml.token_type").contents()
+        assert [tokens[i] for i in ids] == TOKENS and [types[i] for i in ids] == [USER_DEFINED, CONTROL]
+        encoded = tokenizer_from_gguf(reader).encode(TEXT, add_special_tokens=False).ids
+        assert encoded == tokenizer(TEXT, add_special_tokens=False)["input_ids"] and set(ids) <= set(encoded)
+
+
+# What a llama.cpp LoRA file cannot hold, per run; the others export as one
+DORA = "DoRA (a magnitude vector per weight)"
+NOT_IN_A_GGUF_ADAPTER = {"dora+rslora+patterns+tokens+loraplus+neftune": f"{DORA} and new-token rows (trainable_token_indices)",
+                         "rslora+modules_to_save+gaussian": "modules trained in full (lm_head; modules_to_save)",
+                         "qdora+loftq": DORA}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_variant_exports_as_a_gguf_adapter_or_is_refused_by_name(name, whole_run, tiny_model, tmp_path):
+    from loratk.engine.export.exporting import export
+    from loratk.errors import ModelError
+    from tests.engine.export.conftest import merged_weights
+    from tests.engine.export.test_gguf_adapter import base_weights, rebuild_like_llama_cpp
+
+    final = whole_run(name)[0] / "final"
+    output = tmp_path / "adapter.gguf"
+    if name in NOT_IN_A_GGUF_ADAPTER:
+        with pytest.raises(ModelError) as refused:
+            export([AdapterSpec("a", final)], output, format="gguf-adapter", outtype="f32")
+        assert str(refused.value) == f"adapter a has {NOT_IN_A_GGUF_ADAPTER[name]}, which a llama.cpp LoRA adapter file cannot hold"
+        assert not list(tmp_path.iterdir())
+        return
+    result = export([AdapterSpec("a", final)], output, format="gguf-adapter", outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    # PiSSA/OLoRA: the converted rank-2r LoRA against the original base, as llama.cpp applies it
+    assert {int(t.shape[1]) for t in gguf_reader(output).tensors if t.name.endswith("lora_a")} == {2 * FAST["lora_rank"]}
+    merged = merged_weights(final)
+    rebuilt = rebuild_like_llama_cpp(output, base_weights(tiny_model))
+    assert len(rebuilt) == 14
+    for weight_name, weight in rebuilt.items():
+        np.testing.assert_allclose(weight, merged[weight_name], atol=1e-5, err_msg=weight_name)
+
+
+def gguf_reader(path):
+    import gguf
+
+    return gguf.GGUFReader(path)
 
 
 @pytest.mark.parametrize("name", ["dora+rslora+patterns+tokens+loraplus+neftune", "pissa"])
