@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loratk.engine.export.gguf_file import check_output
-from loratk.engine.models.adapters import (AdapterSpec, base_model_of, load_adapters, read_adapter_config,
-                                          trained_quantization)
+from loratk.engine.models.adapters import (AdapterSpec, base_model_of, load_adapters, load_base, loftq_note,
+                                          loftq_quantization, read_adapter_config, trained_quantization)
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
 
@@ -67,7 +67,7 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
            trust_remote_code: bool = False, log: Callable[[str], None] = lambda _: None,
            progress: Callable[[int, int], None] = lambda done, total: None) -> ExportResult:
     from loratk.engine.inference.merging import check_request, combine
-    from loratk.engine.models.loading import load_config, load_model, load_tokenizer
+    from loratk.engine.models.loading import load_config, load_tokenizer
 
     exporter = find_format(format)
     if not specs and model_name_or_path is None:
@@ -95,8 +95,8 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
     result = ExportResult([], format, base_path, [s.name for s in specs], combination, options["details"])
     for spec in specs:
         if trained_quantization(spec.path):
-            result.notes.append(f"adapter {spec.name} was trained on a {trained_quantization(spec.path)} base; "
-                                "it is exported with the unquantized base")
+            result.notes.append(loftq_note(spec, "exported with") or f"adapter {spec.name} was trained on a "
+                                f"{trained_quantization(spec.path)} base; it is exported with the unquantized base")
     for note in result.notes:
         log(note)
     quiet_libraries()
@@ -106,8 +106,9 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
 
     return_large_frees_to_os()
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
-    log(f"loading {base_path} (float32, unquantized)")
-    model = load_adapters(load_model(base_path, dtype="float32", trust_remote_code=trust_remote_code), specs, base_path)
+    log(f"loading {base_path} (float32, {'4-bit dequantized' if loftq_quantization(specs) else 'unquantized'})")
+    model = load_adapters(load_base(specs, base_path, dtype="float32", trust_remote_code=trust_remote_code), specs,
+                          base_path)
     if combination is not None:
         log(f"combining {', '.join(result.adapters)} with {combination}, weights {weights}")
         combine(model, specs, combination, weights)

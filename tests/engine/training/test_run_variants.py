@@ -119,30 +119,35 @@ def test_a_variant_trains_saves_what_plain_peft_loads_and_merges_verified(name, 
         saved = load_file(final / "adapter_model.safetensors")
         assert not any(key.endswith("base_layer.weight") for key in saved)  # the new rows, not whole embeddings
 
-    if not options.get("use_4bit"):  # loratk generate's loading (4-bit: bitsandbytes' bfloat16 inference layout)
-        session = load_session([AdapterSpec("a", final)], str(tiny_model), dtype="float32")
-        torch.testing.assert_close(logits(session.model, session.tokenizer), expected, atol=2e-4, rtol=1e-4)
+    # loratk generate's loading, unquantized (LoftQ: the 4-bit base it was fitted to, dequantized)
+    session = load_session([AdapterSpec("a", final)], str(tiny_model), dtype="float32")
+    torch.testing.assert_close(logits(session.model, session.tokenizer), expected, atol=2e-4, rtol=1e-4)
     result = merge([AdapterSpec("a", final)], tmp_path / "merged", verify=True)
     assert result.max_logit_diff < result.tolerance
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(merged, tokenizer), expected, atol=2e-4, rtol=1e-4)  # the model the run trained
+    if options.get("init_lora_weights") == "loftq":
+        assert "fitted to its bnb-4bit base by LoftQ; it is merged into that base dequantized" in result.notes[0]
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_a_variant_exports_to_a_verified_gguf_that_answers_like_plain_peft(name, whole_run, tiny_model, tmp_path):
+def test_a_variant_exports_to_a_verified_gguf_that_answers_like_the_trained_model(name, whole_run, tmp_path):
     import gguf
 
     from loratk.engine.export.exporting import export
     from loratk.engine.export.gguf_vocab import CONTROL, USER_DEFINED, tokenizer_from_gguf
 
     options = RUNS[name]
-    out, summary, _ = whole_run(name)
+    out, summary, trained = whole_run(name)
     final = out / "final"
     result = export([AdapterSpec("a", final)], tmp_path / "model.gguf", outtype="f32")
     assert result.details["verification"].startswith("passed")
-    # llama.cpp's tensors, as transformers reads them back, against the adapter on the original base
-    # (PiSSA/OLoRA: converted; LoftQ/QDoRA: the unquantized base, as the export notes)
-    peft_model, tokenizer = plain_peft(tiny_model, final, quantized=False)
+    # llama.cpp's tensors, as transformers reads them back (PiSSA/OLoRA: the converted adapter on the
+    # original base; LoftQ: on the dequantized 4-bit base it was fitted to, as the export notes)
+    tokenizer = AutoTokenizer.from_pretrained(final)
     from_file = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
-    torch.testing.assert_close(logits(from_file, tokenizer), logits(peft_model, tokenizer), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(logits(from_file, tokenizer), logits(trained, tokenizer), atol=2e-4, rtol=1e-4)
+    assert ("LoftQ" in " ".join(result.notes)) == (options.get("init_lora_weights") == "loftq")
 
     reader = gguf.GGUFReader(tmp_path / "model.gguf")
     tokens = reader.get_field("tokenizer.ggml.tokens").contents()
