@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from loratk.engine.export.gguf_file import check_output
 from loratk.engine.models.adapters import (AdapterSpec, base_model_of, load_adapters, load_base, loftq_note,
-                                          loftq_quantization, read_adapter_config, trained_quantization)
+                                          loftq_quantization, trained_quantization)
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
 
@@ -89,7 +89,7 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
     check_unquantized(config, base_path)
     options: dict[str, Any] = {"output": output, "outtype": outtype, "verify": verify, "overwrite": overwrite,
                                "ollama": ollama, "log": log, "progress": progress, "details": {},
-                               "adapter_configs": {spec.name: read_adapter_config(spec.path) for spec in specs}}
+                               "adapters": {spec.name: spec.path for spec in specs}}
     if hasattr(exporter, "check"):
         exporter.check(config, options)
     result = ExportResult([], format, base_path, [s.name for s in specs], combination, options["details"])

@@ -11,8 +11,10 @@ against peft's merge of the same weight.
 
 A llama.cpp LoRA file holds only pairs of A and B matrices. Variants that need more are refused
 by name before the model is loaded (and again on the loaded model, for direct callers): DoRA's
-magnitude vectors, a LoRA bias, modules trained in full (``modules_to_save``) and new-token rows
-(``trainable_token_indices``, which the base GGUF has no rows for). The merged export holds them all.
+magnitude vectors, a LoRA bias, modules trained in full (``modules_to_save``), new-token rows
+(``trainable_token_indices``, which the base GGUF has no rows for), and a LoftQ adapter (it belongs
+on the dequantized 4-bit base, and a base GGUF holds the original weights). The merged export holds
+them all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from loratk.engine.export.gguf_file import write_gguf
 from loratk.engine.export.gguf_model import (byte_size, check_architecture, check_outtype, decode, encode,
                                              from_llama_cpp_rows, gguf_name, gguf_names, permute_heads, storage_type,
                                              to_llama_cpp_rows)
+from loratk.engine.models.adapters import AdapterSpec, loftq_quantization, read_adapter_config
 from loratk.errors import ModelError
 
 OUTTYPES = ("f32", "f16", "bf16")
@@ -47,7 +50,9 @@ class LoraTensor:
 def check(config, options: dict[str, Any]) -> None:
     check_outtype(options["outtype"], OUTTYPES)
     check_architecture(config)
-    for name, settings in options.get("adapter_configs", {}).items():
+    for name, folder in options.get("adapters", {}).items():
+        settings = dict(read_adapter_config(folder))
+        settings["loftq"] = loftq_quantization([AdapterSpec(name, Path(folder))]) is not None
         refuse_variants(name, settings)
 
 
@@ -62,6 +67,8 @@ def unsupported_variants(settings: Mapping[str, Any]) -> list[str]:
         found.append(f"modules trained in full ({', '.join(settings['modules_to_save'])}; modules_to_save)")
     if settings.get("trainable_token_indices"):
         found.append("new-token rows (trainable_token_indices)")
+    if settings.get("loftq"):
+        found.append("a LoftQ start, which belongs on its dequantized 4-bit base (no base GGUF holds that)")
     return found
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -86,6 +88,7 @@ UNSUPPORTED = {
     "lora_bias": ({"lora_bias": True}, "a LoRA bias"),
     "modules_to_save": ({"modules_to_save": ["lm_head"]}, "modules trained in full (lm_head; modules_to_save)"),
     "new_tokens": ({"trainable_token_indices": {"embed_tokens": [5, 6]}}, "new-token rows (trainable_token_indices)"),
+    "loftq": ({}, "a LoftQ start, which belongs on its dequantized 4-bit base (no base GGUF holds that)"),
 }
 
 
@@ -96,6 +99,9 @@ def test_variants_a_llama_cpp_adapter_cannot_hold_are_refused_by_name_before_the
 
     lora_options, named = UNSUPPORTED[variant]
     adapter = make_export_adapter(tiny_model, tmp_path / "run" / "final", **lora_options)
+    if variant == "loftq":  # what loratk train records of a LoftQ run
+        (adapter / "loratk_summary.json").write_text(json.dumps(
+            {"hyperparameters": {"init_lora_weights": "loftq", "use_4bit": True}}))
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")

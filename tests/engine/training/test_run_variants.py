@@ -164,7 +164,8 @@ def test_a_variant_exports_to_a_verified_gguf_that_answers_like_the_trained_mode
 DORA = "DoRA (a magnitude vector per weight)"
 NOT_IN_A_GGUF_ADAPTER = {"dora+rslora+patterns+tokens+loraplus+neftune": f"{DORA} and new-token rows (trainable_token_indices)",
                          "rslora+modules_to_save+gaussian": "modules trained in full (lm_head; modules_to_save)",
-                         "qdora+loftq": DORA}
+                         "qdora+loftq": f"{DORA} and a LoftQ start, which belongs on its dequantized 4-bit base "
+                                        "(no base GGUF holds that)"}
 
 
 @pytest.mark.parametrize("name", list(RUNS))
