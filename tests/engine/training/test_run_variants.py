@@ -160,6 +160,27 @@ def test_a_variant_exports_to_a_verified_gguf_that_answers_like_the_trained_mode
         assert encoded == tokenizer(TEXT, add_special_tokens=False)["input_ids"] and set(ids) <= set(encoded)
 
 
+def test_new_tokens_on_a_tied_base_export_with_the_grown_vocabulary(data, tmp_path):
+    """SmolLM2's head is its embedding matrix: the new rows train once and the file holds them once."""
+    import gguf
+
+    from loratk.engine.export.exporting import export
+    from loratk.testing import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    summary, trained = run(data, base, tmp_path / "out", new_tokens=TOKENS[:1], add_special_tokens=TOKENS[1:])
+    result = export([AdapterSpec("a", tmp_path / "out" / "final")], tmp_path / "model.gguf", outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    assert [t.name for t in reader.tensors].count("output.weight") == 0  # still tied
+    assert len(tokens) == next(int(t.shape[1]) for t in reader.tensors if t.name == "token_embd.weight") == 402
+    assert [tokens[i] for i in summary["new_token_ids"]] == TOKENS
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "final")
+    from_file = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(from_file, tokenizer), logits(trained, tokenizer), atol=2e-4, rtol=1e-4)
+
+
 # What a llama.cpp LoRA file cannot hold, per run; the others export as one
 DORA = "DoRA (a magnitude vector per weight)"
 NOT_IN_A_GGUF_ADAPTER = {"dora+rslora+patterns+tokens+loraplus+neftune": f"{DORA} and new-token rows (trainable_token_indices)",
