@@ -26,13 +26,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from machine import describe, run_worker  # benchmarks/machine.py, beside this script
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIGS = ("loratk", "trl", "trl-checkpointed")
@@ -167,13 +166,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {c: [] for c in configs}
     for repeat in range(args.repeats):
         for name in configs:
-            proc = subprocess.run([sys.executable, __file__, "--worker", name, "--model", args.model, "--data",
-                                   str(data), "--precision", precision], capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            result = run_worker(__file__, name, ["--model", args.model, "--data", str(data), "--precision", precision])
+            if result is None:
                 continue
-            result = json.loads(line[len("RESULT "):])
             result["rate"] = result["pairs_timed"] / result["seconds"]
             result["cpu_rate"] = result["pairs_timed"] / result["cpu_seconds"]
             results[name].append(result)

@@ -1,4 +1,5 @@
-"""One line naming the machine a benchmark ran on, shared by the benchmarks in this folder.
+"""What the benchmarks in this folder share: one line naming the machine they ran on, and running
+one configuration in a worker process of its own.
 
 CPUs sold under one name differ: two "AMD EPYC" virtual machines of this project measured bf16
 matmul peaks of 878 and 418 GFLOP/s at about the same fp32 peak (the second is family 25 model
@@ -8,8 +9,11 @@ and model numbers and the vector extensions torch uses.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 
 
 def cpu_fields(cpuinfo: str) -> dict[str, str]:
@@ -45,3 +49,14 @@ def describe() -> str:
     bf16 = ", native bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else ""
     return (f"{cpu_name(fields)}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
             f"{torch.backends.cpu.get_cpu_capability()}{bf16}, torch {torch.__version__}")
+
+
+def run_worker(script: str, name: str, args: list[str]) -> dict | None:
+    """Run ``script --worker NAME ARGS`` in a fresh interpreter (its memory peak is its own) and
+    return the JSON it prints on a ``RESULT `` line; None, with its error output shown, if it failed."""
+    proc = subprocess.run([sys.executable, script, "--worker", name, *args], capture_output=True, text=True)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        print(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[len("RESULT "):])

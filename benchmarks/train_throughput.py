@@ -57,13 +57,12 @@ import os
 import pydoc
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from machine import describe, run_worker  # benchmarks/machine.py, beside this script
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIGS = ("loratk", "seed", "trl-fp32", "trl-bf16")
@@ -350,14 +349,10 @@ def main() -> None:
     results: dict[str, list[dict]] = {c: [] for c in configs}
     for repeat in range(args.repeats):
         for name in configs:
-            proc = subprocess.run([sys.executable, __file__, "--worker", name, "--model", args.model,
-                                   "--data", str(data), "--max-seq-length", str(MAX_LEN)],
-                                  capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            result = run_worker(__file__, name, ["--model", args.model, "--data", str(data),
+                                                 "--max-seq-length", str(MAX_LEN)])
+            if result is None:
                 continue
-            result = json.loads(line[len("RESULT "):])
             result["rate"] = result["tokens"] / result["seconds"]
             results[name].append(result)
             print(f"repeat {repeat + 1}: {name:9s} {result['rate']:8.1f} tok/s  {result['peak_rss_mb']:7.0f} MB  "

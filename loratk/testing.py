@@ -11,6 +11,8 @@
 - ``build_tiny_model(path, architecture)``: a ~125k-parameter random model of one of
   ``TINY_ARCHITECTURES`` and its tokenizer, saved to ``path`` (about a second, no network).
 - ``build_tiny_tokenizer()``: the byte-level BPE tokenizer with a ChatML chat template.
+- ``build_tiny_sentencepiece_tokenizer()``: a Llama 2 / Mistral style one (BPE with byte fallback,
+  "▁" for spaces, ``<unk>``/``<s>``/``</s>``), for ``build_tiny_model(..., tokenizer=...)``.
 - ``run_cli(args, env=...)``: ``loratk ARGS`` in this process; returns click's ``Result``.
 - ``registered_plugin(plugin)``: a plugin registered only inside a ``with`` block.
 - ``installed_plugin(name, "module")``: loratk sees one more ``loratk`` entry point inside a
@@ -38,6 +40,11 @@ _CORPUS = [
     "user assistant system: question answer instruction input output response prompt completion",
     "0123456789 + - * / = ( ) [ ] { } < > | _ . , ; : ! ? ' \" # @ $ % & ^ ~ `",
     "Chinese 中文 训练 模型, emoji 🙂🚀, accents café naïve",
+]
+
+_MORE_TEXT = [
+    "Hello, world! How are you today? Write one sentence about the sea; what is two plus two?",
+    "Grüße aus Köln: Äpfel und Bäume. Привет, мир! 日本語のテキスト",
 ]
 
 # Per architecture: config keys that make it tiny (all share a 64-wide hidden size, which
@@ -84,15 +91,52 @@ def build_tiny_tokenizer(vocab_size: int = 400, chat_template: str | None = CHAT
     return tokenizer
 
 
+@lru_cache(maxsize=None)
+def _sentencepiece_vocab(vocab_size: int) -> tuple[str, str]:
+    """Vocabulary and merges laid out like Llama 2's: <unk> <s> </s>, the 256 byte tokens, then pieces."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    reserved = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=reserved)
+    tok.train_from_iterator((_CORPUS + _MORE_TEXT) * 4, trainer)
+    model = json.loads(tok.to_str())["model"]
+    return json.dumps(model["vocab"], ensure_ascii=False), json.dumps(model["merges"], ensure_ascii=False)
+
+
+def build_tiny_sentencepiece_tokenizer(vocab_size: int = 500, legacy: bool = True,
+                                       chat_template: str | None = CHATML_TEMPLATE):
+    """A SentencePiece-style tokenizer as transformers builds Llama 2 / Mistral ones, with ChatML tokens.
+    ``legacy=True``: "▁" before every piece of text between special tokens (Metaspace "always");
+    ``legacy=False``: only at the start (Metaspace "first", transformers' default)."""
+    import json
+
+    from transformers import LlamaTokenizer
+
+    vocab, merges = _sentencepiece_vocab(vocab_size)
+    tokenizer = LlamaTokenizer(vocab=json.loads(vocab), merges=[tuple(m) for m in json.loads(merges)], legacy=legacy,
+                               unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "</s>"
+    tokenizer.chat_template = chat_template
+    tokenizer.init_kwargs["legacy"] = legacy  # saved, so a reload keeps the space rule (transformers drops it)
+    return tokenizer
+
+
 def build_tiny_model(path: str | Path, architecture: str = "llama", seed: int = 0,
-                     chat_template: str | None = CHATML_TEMPLATE, **overrides: Any) -> Path:
-    """Save a tiny randomly initialised causal LM of ``architecture`` plus a tokenizer to ``path``."""
+                     chat_template: str | None = CHATML_TEMPLATE, tokenizer=None, **overrides: Any) -> Path:
+    """Save a tiny randomly initialised causal LM of ``architecture`` plus a tokenizer to ``path``
+    (``build_tiny_tokenizer``'s unless one is given; its chat template is then its own)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if architecture not in TINY_CONFIGS:
         raise ValueError(f"no tiny config for {architecture!r}; known: {', '.join(TINY_CONFIGS)}")
-    tokenizer = build_tiny_tokenizer(chat_template=chat_template)
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer(chat_template=chat_template)
     settings = {**TINY_CONFIGS[architecture], **overrides}
     settings.setdefault("initializer_range", 0.2)
     config = AutoConfig.for_model(architecture, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,

@@ -114,6 +114,22 @@ def test_half_written_checkpoint_alone_is_not_silently_replaced(data, tiny_model
     assert snapshot(out) == {"checkpoint-3/adapter_model.safetensors": b"partial"}
 
 
+def test_the_metrics_of_a_run_that_stopped_before_its_first_checkpoint_are_kept(data, tiny_model, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "loratk_run.yaml").write_text("model_name_or_path: x\n")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 3.2}\n{"step": 2, "loss": 3.1}\n')
+    before = snapshot(out)
+    result = run_cli(train_args(data, tiny_model, out))
+    assert result.exit_code == 2
+    [line] = error_lines(result)
+    assert "metrics.jsonl of an earlier run that logged 2 steps" in line and "--overwrite" in line
+    assert snapshot(out) == before
+    # the settings file alone (a run that logged nothing) holds nothing to lose
+    (out / "metrics.jsonl").unlink()
+    assert run_cli(train_args(data, tiny_model, out)).exit_code == 0
+
+
 # --- 3 and 9. non-finite values --------------------------------------------------------------------
 
 FLOAT_OPTIONS = [f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type)]

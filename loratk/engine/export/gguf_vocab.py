@@ -5,6 +5,9 @@ Byte-level BPE vocabularies (GPT-2 style: SmolLM2, Llama 3, Qwen2) are written a
 splitting rule by name (``tokenizer.ggml.pre``). The name is chosen here by matching the
 tokenizer's own pre-tokenizer against the rules llama.cpp knows, and :func:`tokenizer_from_gguf`
 rebuilds a tokenizer from the file with llama.cpp's rule, so the round trip checks the choice.
+
+SentencePiece vocabularies (Llama 2, Mistral v0.1-v0.3) are written as llama.cpp's ``llama``
+tokenizer: see :mod:`loratk.engine.export.sentencepiece_vocab`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from loratk.engine.export import sentencepiece_vocab as spm
 from loratk.errors import ModelError
 
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -27,7 +31,7 @@ HF_SPLITS = {
     "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 }
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, CONTROL, USER_DEFINED, UNUSED = spm.NORMAL, spm.CONTROL, spm.USER_DEFINED, spm.UNUSED
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
@@ -41,6 +45,9 @@ class GGUFVocab:
     add_bos: bool
     add_eos: bool
     chat_template: str
+    model: str = "gpt2"  # llama.cpp's tokenizer: gpt2 (byte-level BPE) or llama (SentencePiece)
+    scores: list[float] | None = None  # SentencePiece: the order llama.cpp joins pieces in
+    add_space_prefix: bool | None = None  # SentencePiece: "▁" before text at the start and after special tokens
 
 
 def pre_tokenizer_name(pre: dict | None) -> str:
@@ -69,24 +76,23 @@ def vocab_of(tokenizer, vocab_size: int) -> GGUFVocab:
         raise ModelError("GGUF export needs a fast (tokenizers) tokenizer", "save the tokenizer with a tokenizer.json")
     spec = json.loads(backend.to_str())
     model = spec.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise ModelError(f"GGUF export supports byte-level BPE tokenizers; this one is {model.get('type')}"
-                         + (" with byte fallback (SentencePiece style)" if model.get("byte_fallback") else ""),
-                         "SentencePiece (Llama 2 / Mistral v0.1-v0.3) vocabularies are not supported yet")
-    pre = pre_tokenizer_name(spec.get("pre_tokenizer"))
+    if model.get("type") != "BPE":
+        raise ModelError(f"GGUF export supports BPE vocabularies (byte-level or SentencePiece); this one is "
+                         f"{model.get('type')}", "llama.cpp's other tokenizers (Unigram, WordPiece) are not supported yet")
+    sentencepiece = spm.is_sentencepiece(spec)
+    rule = spm.space_rule(spec) if sentencepiece else None
+    pre = "default" if sentencepiece else pre_tokenizer_name(spec.get("pre_tokenizer"))
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     if max(by_id) >= vocab_size:
         raise ModelError(f"the tokenizer has token id {max(by_id)} but the model only {vocab_size} embedding rows",
                          "resize the model's embeddings to the tokenizer before exporting")
-    added = {index: token for index, token in tokenizer.added_tokens_decoder.items()}
-    tokens, types = [], []
-    for index in range(vocab_size):
-        if index not in by_id:
-            tokens.append(f"[PAD{index}]")
-            types.append(UNUSED)
-            continue
-        tokens.append(by_id[index])
-        types.append(NORMAL if index not in added else CONTROL if added[index].special else USER_DEFINED)
+    added = dict(tokenizer.added_tokens_decoder)
+    tokens = [by_id.get(index, f"[PAD{index}]") for index in range(vocab_size)]
+    if sentencepiece:
+        types = [spm.token_type(i, t, added, tokenizer.unk_token_id) if i in by_id else UNUSED for i, t in enumerate(tokens)]
+    else:
+        types = [UNUSED if i not in by_id else NORMAL if i not in added else CONTROL if added[i].special else USER_DEFINED
+                 for i in range(vocab_size)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     template = chat_template(tokenizer)
     special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "unk": tokenizer.unk_token_id,
@@ -96,15 +102,32 @@ def vocab_of(tokenizer, vocab_size: int) -> GGUFVocab:
     probe = tokenizer("a")["input_ids"]
     add_bos = special["bos"] is not None and probe[:1] == [special["bos"]]
     add_eos = special["eos"] is not None and probe[-1:] == [special["eos"]]
-    return GGUFVocab(pre, tokens, types, merges, {k: int(v) for k, v in special.items() if v is not None},
-                     add_bos, add_eos, template)
+    result = GGUFVocab(pre, tokens, types, merges, {k: int(v) for k, v in special.items() if v is not None},
+                       add_bos, add_eos, template)
+    if sentencepiece:
+        result.model, result.scores = "llama", spm.merge_scores(tokens, merges)
+        result.add_space_prefix = spm.add_space_prefix(rule, chat_starts_with_added_token(tokenizer))
+    return result
+
+
+def chat_starts_with_added_token(tokenizer) -> bool:
+    """Whether a chat prompt rendered with the tokenizer's template opens with a special or added token."""
+    from loratk.engine.data.tokenize import render_chat
+
+    text = render_chat([{"role": "user", "content": "Hi"}], tokenizer, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return bool(ids) and ids[0] in tokenizer.added_tokens_decoder
 
 
 def write_vocab(writer, vocab: GGUFVocab) -> None:
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.token_types)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     writer.add_token_merges(vocab.merges)
     setters = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "unk": writer.add_unk_token_id,
                "pad": writer.add_pad_token_id, "eot": writer.add_eot_token_id}
@@ -125,11 +148,18 @@ def tokenizer_from_gguf(reader):
     """A ``tokenizers.Tokenizer`` built from a GGUF file's vocabulary, splitting text as llama.cpp does."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    if field_value(reader, "tokenizer.ggml.model") != "gpt2":
-        raise ModelError("the GGUF file does not hold a byte-level BPE (gpt2) vocabulary", "export it again")
-    pre = field_value(reader, "tokenizer.ggml.pre")
+    kind = field_value(reader, "tokenizer.ggml.model")
     tokens = field_value(reader, "tokenizer.ggml.tokens")
     types = field_value(reader, "tokenizer.ggml.token_type")
+    if kind == "llama":
+        # llama.cpp's default for a SentencePiece vocabulary without the flag is to add the space.
+        prefix = field_value(reader, "tokenizer.ggml.add_space_prefix")
+        return spm.sentencepiece_tokenizer(tokens, field_value(reader, "tokenizer.ggml.scores"), types,
+                                           True if prefix is None else bool(prefix))
+    if kind != "gpt2":
+        raise ModelError(f"the GGUF file holds a {kind!r} vocabulary, not byte-level BPE (gpt2) or SentencePiece "
+                         "(llama)", "export it again")
+    pre = field_value(reader, "tokenizer.ggml.pre")
     # llama.cpp splits a merge at the first space after its first character.
     merges = [(m[:m.index(" ", 1)], m[m.index(" ", 1) + 1:]) for m in field_value(reader, "tokenizer.ggml.merges")]
     model = models.BPE({token: index for index, token in enumerate(tokens)}, merges,

@@ -61,11 +61,16 @@ def check_metadata(reader, config) -> None:
         fail("the block count differs from the model's")
 
 
-def chat_prompts(tokenizer) -> list[str]:
+def chat_turn(tokenizer, text: str) -> str:
     from loratk.engine.data.tokenize import render_chat
+
+    return render_chat([{"role": "user", "content": text}], tokenizer, add_generation_prompt=True)
+
+
+def chat_prompts(tokenizer) -> list[str]:
     from loratk.engine.inference.merging import VERIFY_PROMPTS
 
-    return [render_chat([{"role": "user", "content": p}], tokenizer, add_generation_prompt=True) for p in VERIFY_PROMPTS]
+    return [chat_turn(tokenizer, prompt) for prompt in VERIFY_PROMPTS]
 
 
 def added_tokens_text(tokenizer) -> list[str]:
@@ -76,14 +81,21 @@ def added_tokens_text(tokenizer) -> list[str]:
     return ["a" + "b".join(added) + "c"] if added else []
 
 
-def round_trip_texts(tokenizer) -> list[str]:
+def round_trip_texts(tokenizer, in_chat: bool = False) -> list[str]:
+    """The multilingual strings (as they are, with the added tokens' string, or each as a user turn of a
+    chat), then the check prompts. In a chat turn the added tokens would put text right after special
+    tokens, where a SentencePiece vocabulary's space rule and transformers' differ (see sentencepiece_vocab)."""
+    if in_chat:
+        return [*(chat_turn(tokenizer, text) for text in ROUND_TRIP_TEXTS), *chat_prompts(tokenizer)]
     return [*ROUND_TRIP_TEXTS, *added_tokens_text(tokenizer), *chat_prompts(tokenizer)]
 
 
 def check_tokenizer(reader, tokenizer) -> int:
-    """Token ids from the file's vocabulary against the Hugging Face tokenizer's; returns the strings checked."""
+    """Token ids from the file's vocabulary against the Hugging Face tokenizer's; returns the strings checked.
+    A SentencePiece vocabulary is checked on chat-rendered text, where its space rule was chosen to agree
+    (see sentencepiece_vocab); a byte-level one also on the bare strings."""
     rebuilt = tokenizer_from_gguf(reader)
-    texts = round_trip_texts(tokenizer)
+    texts = round_trip_texts(tokenizer, in_chat=field_value(reader, "tokenizer.ggml.model") == "llama")
     for text in texts:
         expected = tokenizer(text, add_special_tokens=False)["input_ids"]
         got = rebuilt.encode(text, add_special_tokens=False).ids

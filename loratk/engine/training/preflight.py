@@ -14,6 +14,7 @@ from pathlib import Path
 from loratk.config.train_config import TrainConfig
 from loratk.engine.training.checkpoints import checkpoints
 from loratk.engine.training.outputs import has_finished_adapter
+from loratk.engine.training.reporting import METRICS_FILE
 from loratk.engine.training.resume import ResumePlan, plan_resume
 from loratk.errors import LoratkError, UsageError
 
@@ -50,7 +51,21 @@ def check_output_dir(config: TrainConfig) -> ResumePlan | None:
     if found:
         raise UsageError(f"output_dir {out} holds a half-written {found[-1][1].name} of an earlier run",
                          "pass --overwrite to start afresh, or choose another --output_dir")
+    logged = logged_steps(out / METRICS_FILE)
+    if logged:
+        raise UsageError(f"output_dir {out} holds {METRICS_FILE} of an earlier run that logged {logged} step"
+                         f"{'s' if logged > 1 else ''} and stopped before its first checkpoint",
+                         "pass --overwrite to replace it, or choose another --output_dir")
     return None
+
+
+def logged_steps(path: Path) -> int:
+    """How many log records an earlier run wrote (0 when the file is missing or empty)."""
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return 0
 
 
 def check_sharding(fsdp: bool, cuda: bool) -> None:

@@ -9,7 +9,7 @@ from loratk.engine.export.exporting import export
 from loratk.engine.models.adapters import parse_adapter_specs
 from loratk.errors import ModelError
 from loratk.testing import CHATML_TEMPLATE
-from tests.engine.export.conftest import merged_weights
+from tests.engine.export.conftest import make_export_adapter, merged_weights
 
 MULTILINGUAL = ["The quick brown fox.", "Grüße, café naïve 3.14 und 1234567", "中文 训练 模型", "emoji 🙂🚀 ok",
                 "<|im_start|>user\nhi<|im_end|>\n"]
@@ -58,6 +58,42 @@ def test_f16_export_verifies_and_holds_the_model_and_its_tokenizer(arch, export_
     rebuilt = tokenizer_from_gguf(reader)
     for text in MULTILINGUAL:
         assert rebuilt.encode(text, add_special_tokens=False).ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def sentencepiece_adapter(tmp_path, arch: str, legacy: bool):
+    from loratk.testing import build_tiny_model, build_tiny_sentencepiece_tokenizer
+
+    base = build_tiny_model(tmp_path / "base", arch, tokenizer=build_tiny_sentencepiece_tokenizer(legacy=legacy))
+    return make_export_adapter(base, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("arch, legacy", [("llama", True), ("mistral", False)], ids=["llama-always", "mistral-first"])
+def test_sentencepiece_models_export_with_llama_cpps_sentencepiece_tokenizer(arch, legacy, tmp_path):
+    from transformers import AutoTokenizer
+
+    output = tmp_path / "model.gguf"
+    result = export(parse_adapter_specs([str(sentencepiece_adapter(tmp_path, arch, legacy))]), output, outtype="f16")
+    assert result.details["verification"].startswith("passed")
+    reader = read(output)
+    assert field(reader, "general.architecture") == "llama"  # Mistral too, as llama.cpp's own converter writes it
+    assert (field(reader, "tokenizer.ggml.model"), field(reader, "tokenizer.ggml.pre")) == ("llama", "default")
+    # chat prompts open with <|im_start|>: the "first" tokenizer puts no space after it, so llama.cpp must not
+    assert field(reader, "tokenizer.ggml.add_space_prefix") is legacy
+    tokenizer = AutoTokenizer.from_pretrained(result.base_model)
+    tokens, scores = field(reader, "tokenizer.ggml.tokens"), field(reader, "tokenizer.ggml.scores")
+    assert len(tokens) == len(scores) == len(tokenizer) and tokens[3] == "<0x00>"
+    assert field(reader, "tokenizer.ggml.unknown_token_id") == 0
+    assert field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_a_space_rule_llama_cpp_would_apply_differently_fails_the_check(tmp_path, monkeypatch):
+    import loratk.engine.export.sentencepiece_vocab as sentencepiece_vocab
+
+    monkeypatch.setattr(sentencepiece_vocab, "add_space_prefix", lambda rule, opens_with_token: True)
+    with pytest.raises(ModelError, match="the GGUF vocabulary tokenizes '<\\|im_start\\|>user"):
+        export(parse_adapter_specs([str(sentencepiece_adapter(tmp_path, "llama", legacy=False))]),
+               tmp_path / "out" / "model.gguf", outtype="f32")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
