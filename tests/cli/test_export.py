@@ -143,3 +143,11 @@ def test_the_embedded_model_with_an_adapter_exports_to_f16_q8_0_and_an_adapter_f
         assert ("272" in result.stdout) == (args[0] == "--outtype")  # the merged model's tensor count
     modelfile = (tmp_path / "f16.Modelfile").read_text()
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in modelfile
+
+
+def test_a_dora_adapter_as_a_gguf_adapter_is_one_line_naming_dora_and_the_merged_export(tiny_model, tmp_path):
+    dora = make_export_adapter(tiny_model, tmp_path / "run" / "final", use_dora=True)
+    result = run_cli(["export", "--adapter", str(dora), "--format", "gguf-adapter", "--output", str(tmp_path / "a.gguf")])
+    one_line_error(result, 1, "adapter run has DoRA (a magnitude vector per weight), which a llama.cpp LoRA adapter "
+                   "file cannot hold")
+    assert "--format gguf" in result.stderr and not (tmp_path / "a.gguf").exists()

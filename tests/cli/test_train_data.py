@@ -163,3 +163,22 @@ def test_dry_run_shows_the_lora_variant_and_tokenizes_new_tokens_as_one(tmp_path
     assert stats["tokens"] < plain["tokens"]  # "<tool>" is one token now
     shown = run_cli([*base, "--init_lora_weights", "olora"])
     assert "init olora" in shown.output
+
+
+def test_dry_run_shows_the_other_variants_too(tmp_path, tiny_model):
+    """The options the test above leaves out: each named in the LoRA line --dry-run prints."""
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"text": "call <calc> now"}) + "\n", encoding="utf-8")
+    result = run_cli(["train", str(path), "--model", str(tiny_model), "--dry-run", "--json", "--lora_rank", "4",
+                      "--init_lora_weights", "pissa_niter_2", "--alpha_pattern", "down_proj=2", "--modules_to_save",
+                      "lm_head", "--add_special_tokens", "<calc>", "--loraplus_lr_ratio", "16",
+                      "--neftune_noise_alpha", "5"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["lora"] == ("LoRA r=4, alpha=16, scaling 4; init pissa_niter_2; alpha_pattern down_proj=2; "
+                             "trained in full: lm_head; 1 new token (rows trained); LoRA+ lora_B lr x16; NEFTune alpha 5")
+    assert stats["new_token_ids"] == [400]
+    shown = run_cli(["train", str(path), "--model", str(tiny_model), "--dry-run", "--use_4bit",
+                     "--init_lora_weights", "loftq"])
+    assert shown.exit_code == 0, shown.output
+    assert "init loftq" in shown.output

@@ -4,7 +4,8 @@ registered with the ``register_export_formats`` hook (the built-in ones are ``gg
 
 What ``loratk merge`` takes is taken here and handled by its machinery: the adapters and their base,
 weighted combinations, the unquantized base. Everything that can be refused is refused before the
-model is loaded: the format, the output path, the base's architecture and storage, the outtype.
+model is loaded: the format, the output path, the base's architecture and storage, the outtype,
+and (for a format that cannot hold them) the adapters' variants.
 Without an adapter, ``--model`` alone exports the base model (the ``-m base.gguf`` that a GGUF
 adapter is used with).
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loratk.engine.export.gguf_file import check_output
-from loratk.engine.models.adapters import AdapterSpec, base_model_of, load_adapters, trained_quantization
+from loratk.engine.models.adapters import (AdapterSpec, base_model_of, load_adapters, load_base, loftq_note,
+                                          loftq_quantization, trained_quantization)
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
 
@@ -65,7 +67,7 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
            trust_remote_code: bool = False, log: Callable[[str], None] = lambda _: None,
            progress: Callable[[int, int], None] = lambda done, total: None) -> ExportResult:
     from loratk.engine.inference.merging import check_request, combine
-    from loratk.engine.models.loading import load_config, load_model, load_tokenizer
+    from loratk.engine.models.loading import load_config, load_tokenizer
 
     exporter = find_format(format)
     if not specs and model_name_or_path is None:
@@ -86,14 +88,15 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
     config = load_config(base_path, trust_remote_code=trust_remote_code)
     check_unquantized(config, base_path)
     options: dict[str, Any] = {"output": output, "outtype": outtype, "verify": verify, "overwrite": overwrite,
-                               "ollama": ollama, "log": log, "progress": progress, "details": {}}
+                               "ollama": ollama, "log": log, "progress": progress, "details": {},
+                               "adapters": {spec.name: spec.path for spec in specs}}
     if hasattr(exporter, "check"):
         exporter.check(config, options)
     result = ExportResult([], format, base_path, [s.name for s in specs], combination, options["details"])
     for spec in specs:
         if trained_quantization(spec.path):
-            result.notes.append(f"adapter {spec.name} was trained on a {trained_quantization(spec.path)} base; "
-                                "it is exported with the unquantized base")
+            result.notes.append(loftq_note(spec, "exported with") or f"adapter {spec.name} was trained on a "
+                                f"{trained_quantization(spec.path)} base; it is exported with the unquantized base")
     for note in result.notes:
         log(note)
     quiet_libraries()
@@ -103,8 +106,9 @@ def export(specs: list[AdapterSpec], output: str | Path | None = None, *, format
 
     return_large_frees_to_os()
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
-    log(f"loading {base_path} (float32, unquantized)")
-    model = load_adapters(load_model(base_path, dtype="float32", trust_remote_code=trust_remote_code), specs, base_path)
+    log(f"loading {base_path} (float32, {'4-bit dequantized' if loftq_quantization(specs) else 'unquantized'})")
+    model = load_adapters(load_base(specs, base_path, dtype="float32", trust_remote_code=trust_remote_code), specs,
+                          base_path)
     if combination is not None:
         log(f"combining {', '.join(result.adapters)} with {combination}, weights {weights}")
         combine(model, specs, combination, weights)

@@ -4,21 +4,30 @@ Tensor names and row order are the base export's (``blk.0.attn_q.weight.lora_a``
 the query/key ``lora_b`` rows reordered like the base's query/key rows). llama.cpp scales each
 pair by ``adapter.lora.alpha / rank``; peft's scale (alpha / r, alpha / sqrt(r) with rsLoRA, or
 per-module ranks and alphas) is written so that llama.cpp's formula gives it exactly: alpha is
-taken from the first module and any other module's ratio is folded into its ``lora_b``.
+taken from the first module that scales at all (llama.cpp reads an alpha of 0 as "no scaling")
+and any other module's ratio is folded into its ``lora_b``.
 The check reads the file back and rebuilds W + alpha / r * B @ A for every adapted weight
 against peft's merge of the same weight.
+
+A llama.cpp LoRA file holds only pairs of A and B matrices. Variants that need more are refused
+by name before the model is loaded (and again on the loaded model, for direct callers): DoRA's
+magnitude vectors, a LoRA bias, modules trained in full (``modules_to_save``), new-token rows
+(``trainable_token_indices``, which the base GGUF has no rows for), and a LoftQ adapter (it belongs
+on the dequantized 4-bit base, and a base GGUF holds the original weights). The merged export holds
+them all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from loratk.engine.export.gguf_file import write_gguf
 from loratk.engine.export.gguf_model import (byte_size, check_architecture, check_outtype, decode, encode,
                                              from_llama_cpp_rows, gguf_name, gguf_names, permute_heads, storage_type,
                                              to_llama_cpp_rows)
+from loratk.engine.models.adapters import AdapterSpec, loftq_quantization, read_adapter_config
 from loratk.errors import ModelError
 
 OUTTYPES = ("f32", "f16", "bf16")
@@ -41,6 +50,33 @@ class LoraTensor:
 def check(config, options: dict[str, Any]) -> None:
     check_outtype(options["outtype"], OUTTYPES)
     check_architecture(config)
+    for name, folder in options.get("adapters", {}).items():
+        settings = dict(read_adapter_config(folder))
+        settings["loftq"] = loftq_quantization([AdapterSpec(name, Path(folder))]) is not None
+        refuse_variants(name, settings)
+
+
+def unsupported_variants(settings: Mapping[str, Any]) -> list[str]:
+    """The parts of an adapter (its ``adapter_config.json`` settings) a llama.cpp LoRA file cannot hold."""
+    found = []
+    if settings.get("use_dora"):
+        found.append("DoRA (a magnitude vector per weight)")
+    if settings.get("lora_bias"):
+        found.append("a LoRA bias")
+    if settings.get("modules_to_save"):
+        found.append(f"modules trained in full ({', '.join(settings['modules_to_save'])}; modules_to_save)")
+    if settings.get("trainable_token_indices"):
+        found.append("new-token rows (trainable_token_indices)")
+    if settings.get("loftq"):
+        found.append("a LoftQ start, which belongs on its dequantized 4-bit base (no base GGUF holds that)")
+    return found
+
+
+def refuse_variants(name: str, settings: Mapping[str, Any]) -> None:
+    found = unsupported_variants(settings)
+    if found:
+        raise ModelError(f"adapter {name} has {' and '.join(found)}, which a llama.cpp LoRA adapter file cannot hold",
+                         "export the merged model with --format gguf instead")
 
 
 def lora_modules(model) -> list[tuple[str, Any, str]]:
@@ -50,12 +86,10 @@ def lora_modules(model) -> list[tuple[str, Any, str]]:
     if not hasattr(model, "peft_config"):
         raise ModelError("--format gguf-adapter needs an adapter", "pass --adapter PATH")
     name = model.active_adapter
+    refuse_variants(name, vars(model.peft_config[name]))
     found = []
     for path, module in model.named_modules():
         if isinstance(module, LoraLayer) and name in getattr(module, "lora_A", {}):
-            if module.use_dora.get(name) or getattr(module, "lora_bias", {}).get(name):
-                raise ModelError(f"{path} uses DoRA or a LoRA bias, which llama.cpp adapters cannot hold",
-                                 "export the merged model with --format gguf instead")
             found.append((path.removeprefix("base_model.model.") + ".weight", module, name))
         elif isinstance(module, LoraLayer) and name in getattr(module, "lora_embedding_A", {}):
             raise ModelError(f"{path} adapts an embedding, which loratk cannot write as a GGUF adapter yet",
@@ -70,8 +104,9 @@ def plan_adapter(model, outtype: str) -> tuple[list[LoraTensor], float]:
     arch, permuted = check_architecture(config)
     names = gguf_names(config, arch)
     modules = lora_modules(model)
-    first = modules[0]
-    alpha = first[1].scaling[first[2]] * first[1].r[first[2]]
+    # llama.cpp reads an alpha of 0 as "scale 1": take it from a module that scales, so no factor divides by 0
+    alpha = next((module.scaling[adapter] * module.r[adapter] for _, module, adapter in modules
+                  if module.scaling[adapter]), 1.0)
     plan = []
     for hf_name, module, adapter in modules:
         rank, target = module.r[adapter], gguf_name(names, config, hf_name)

@@ -2,8 +2,8 @@
 
 1. Metadata: every key llama.cpp needs for the architecture and the tokenizer is there.
 2. Tokenizer: a tokenizer rebuilt from the file's vocabulary, splitting text as llama.cpp does,
-   gives the same token ids as the Hugging Face tokenizer on multilingual strings and the chat
-   prompts, special tokens included.
+   gives the same token ids as the Hugging Face tokenizer on multilingual strings, the added
+   tokens (a run's new tokens among them) and the chat prompts, special tokens included.
 3. Tensors: each one, read back and put in Hugging Face row order, is within its outtype's
    rounding of the merged weight (f32: equal; f16 2^-11, bf16 2^-8 relative per value; q8_0 / q4_0
    within half a quantization step of their block). It is then copied into the merged model in
@@ -61,16 +61,33 @@ def check_metadata(reader, config) -> None:
         fail("the block count differs from the model's")
 
 
-def round_trip_texts(tokenizer, in_chat: bool = False) -> list[str]:
-    """The multilingual strings (as they are, or each as a user turn of a chat) and the check prompts."""
+def chat_turn(tokenizer, text: str) -> str:
     from loratk.engine.data.tokenize import render_chat
+
+    return render_chat([{"role": "user", "content": text}], tokenizer, add_generation_prompt=True)
+
+
+def chat_prompts(tokenizer) -> list[str]:
     from loratk.engine.inference.merging import VERIFY_PROMPTS
 
-    def chat(text: str) -> str:
-        return render_chat([{"role": "user", "content": text}], tokenizer, add_generation_prompt=True)
+    return [chat_turn(tokenizer, prompt) for prompt in VERIFY_PROMPTS]
 
-    plain = [chat(text) for text in ROUND_TRIP_TEXTS] if in_chat else list(ROUND_TRIP_TEXTS)
-    return [*plain, *(chat(p) for p in VERIFY_PROMPTS)]
+
+def added_tokens_text(tokenizer) -> list[str]:
+    """Every added token (a run's new tokens included) between letters, as one string; tokens that
+    strip the spaces around them or match whole words only are left out (GGUF does not record that)."""
+    added = [token.content for token in tokenizer.added_tokens_decoder.values()
+             if not (token.lstrip or token.rstrip or token.single_word)]
+    return ["a" + "b".join(added) + "c"] if added else []
+
+
+def round_trip_texts(tokenizer, in_chat: bool = False) -> list[str]:
+    """The multilingual strings (as they are, with the added tokens' string, or each as a user turn of a
+    chat), then the check prompts. In a chat turn the added tokens would put text right after special
+    tokens, where a SentencePiece vocabulary's space rule and transformers' differ (see sentencepiece_vocab)."""
+    if in_chat:
+        return [*(chat_turn(tokenizer, text) for text in ROUND_TRIP_TEXTS), *chat_prompts(tokenizer)]
+    return [*ROUND_TRIP_TEXTS, *added_tokens_text(tokenizer), *chat_prompts(tokenizer)]
 
 
 def check_tokenizer(reader, tokenizer) -> int:
@@ -159,7 +176,7 @@ def logits_from_file(path: Path, tokenizer, config):
 def prompt_ends(tokenizer) -> list[int]:
     """Row index of each check prompt's last position in the concatenated logits."""
     ends, total = [], 0
-    for text in round_trip_texts(tokenizer)[len(ROUND_TRIP_TEXTS):]:
+    for text in chat_prompts(tokenizer):
         total += len(tokenizer(text, add_special_tokens=False)["input_ids"])
         ends.append(total - 1)
     return ends

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from loratk.engine.models.adapters import AdapterSpec, active_adapter, adapter_names, base_model_of, load_adapters
+from loratk.engine.models.adapters import (AdapterSpec, active_adapter, adapter_names, base_model_of, load_adapters,
+                                          load_base)
 from loratk.engine.quiet import quiet_libraries
 
 Prompt = Union[str, list[dict]]  # raw text, or a chat of {role, content} messages
@@ -169,8 +170,11 @@ def load_session(specs: list[AdapterSpec], model_name_or_path: str | None = None
     load_config(base_path, trust_remote_code)  # train's checks first: remote code, a damaged config
     device_map, torch_dtype = pick_device_and_dtype(dtype)
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
-    model = load_model(base_path, quantization=quantization, dtype=torch_dtype,
-                       trust_remote_code=trust_remote_code, device_map=device_map)
+    if quantization is None:  # a LoftQ adapter's base is the 4-bit one it was fitted to, dequantized
+        model = load_base(specs, base_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, device_map=device_map)
+    else:
+        model = load_model(base_path, quantization=quantization, dtype=torch_dtype,
+                           trust_remote_code=trust_remote_code, device_map=device_map)
     model = load_adapters(model, specs, base_path)
     model.eval()
     return Session(model, tokenizer, base_path, adapter_names(model), use_chat_template, system)

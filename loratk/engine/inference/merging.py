@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from loratk.engine.models.adapters import AdapterSpec, base_model_of, load_adapters, read_adapter_config, trained_quantization
+from loratk.engine.models.adapters import (AdapterSpec, base_model_of, load_adapters, load_base, loftq_note,
+                                          loftq_quantization, read_adapter_config, trained_quantization)
 from loratk.engine.inference.generation import stop_token_ids, tokenizer_source
 from loratk.engine.quiet import quiet_libraries
 from loratk.errors import ModelError, UsageError
@@ -192,7 +193,7 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
           adapter_only: bool = False, overwrite: bool = False, model_name_or_path: str | None = None,
           trust_remote_code: bool = False, log: Callable[[str], None] = lambda _: None) -> MergeResult:
     """Merge (or combine) adapters; write the result to ``output_dir`` only if it checks out."""
-    from loratk.engine.models.loading import DTYPES, load_config, load_model, load_tokenizer
+    from loratk.engine.models.loading import DTYPES, load_config, load_tokenizer
 
     output_dir = Path(output_dir)
     combination, weights = check_request(specs, weights, combination, adapter_only)
@@ -208,8 +209,9 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
     for spec in specs:
         quantization = trained_quantization(spec.path)
         if quantization:
-            result.notes.append(f"adapter {spec.name} was trained on a {quantization} base; it is merged into the "
-                                "unquantized base, since merging into quantized weights loses precision")
+            result.notes.append(loftq_note(spec, "merged into") or f"adapter {spec.name} was trained on a {quantization} "
+                                "base; it is merged into the unquantized base, since merging into quantized weights "
+                                "loses precision")
     for note in result.notes:
         log(note)
     quiet_libraries()
@@ -220,8 +222,8 @@ def merge(specs: list[AdapterSpec], output_dir: str | Path, *, dtype: str = "flo
     return_large_frees_to_os()  # the layer-by-layer float64 check would otherwise leave its blocks resident
     load_config(base_path, trust_remote_code)  # train's checks first: remote code, a damaged config
     tokenizer = load_tokenizer(tokenizer_source(specs, base_path), trust_remote_code=trust_remote_code)
-    log(f"loading {base_path} ({dtype}, unquantized)")
-    model = load_adapters(load_model(base_path, dtype=dtype, trust_remote_code=trust_remote_code), specs, base_path)
+    log(f"loading {base_path} ({dtype}, {'4-bit dequantized' if loftq_quantization(specs) else 'unquantized'})")
+    model = load_adapters(load_base(specs, base_path, dtype=dtype, trust_remote_code=trust_remote_code), specs, base_path)
     if combination is not None:
         log(f"combining {', '.join(result.adapters)} with {combination}, weights {weights}")
         combine(model, specs, combination, weights)

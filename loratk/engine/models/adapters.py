@@ -112,14 +112,54 @@ def base_model_of(specs: list[AdapterSpec], override: str | None = None) -> str:
     return next(iter(resolved.values()))
 
 
-def trained_quantization(path: str | Path) -> str | None:
-    """The quantization the adapter was trained with, when ``loratk train`` recorded it."""
+def _hyperparameters(path: str | Path) -> dict:
     try:
         summary = json.loads((Path(path) / TRAIN_SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    hp = summary.get("hyperparameters", {})
+        return {}
+    hp = summary.get("hyperparameters", {}) if isinstance(summary, dict) else {}
+    return hp if isinstance(hp, dict) else {}
+
+
+def trained_quantization(path: str | Path) -> str | None:
+    """The quantization the adapter was trained with, when ``loratk train`` recorded it."""
+    hp = _hyperparameters(path)
     return hp.get("quantization") or ("bnb-4bit" if hp.get("use_4bit") else "bnb-8bit" if hp.get("use_8bit") else None)
+
+
+def loftq_quantization(specs: list[AdapterSpec]) -> str | None:
+    """The quantization a LoftQ adapter among ``specs`` was fitted to (see :func:`load_base`)."""
+    return next((trained_quantization(spec.path) for spec in specs
+                 if _hyperparameters(spec.path).get("init_lora_weights") == "loftq" and trained_quantization(spec.path)),
+                None)
+
+
+def loftq_note(spec: AdapterSpec, done: str) -> str | None:
+    """What merge and export say of a LoftQ adapter (``done``: "merged into", "exported with")."""
+    quantization = loftq_quantization([spec])
+    return None if quantization is None else (
+        f"adapter {spec.name} was fitted to its {quantization} base by LoftQ; it is {done} that base dequantized "
+        "(the 4-bit weights it was trained on, in full precision), not the original weights")
+
+
+def load_base(specs: list[AdapterSpec], base_path: str, *, dtype: str, trust_remote_code: bool = False,
+              device_map=None):
+    """The unquantized base the adapters go on (merge, export, generate without quantization).
+
+    That is the original weights, except for a LoftQ adapter: its product starts at the 4-bit
+    error (W - Q(W)) and the run trained it on Q(W), so it belongs on the 4-bit weights,
+    dequantized; on W it would correct an error W does not have.
+    """
+    import torch
+
+    from loratk.engine.models.loading import DTYPES, load_model
+
+    quantization = loftq_quantization(specs)
+    model = load_model(base_path, quantization=quantization, dtype=dtype, trust_remote_code=trust_remote_code,
+                       device_map=device_map)
+    if quantization is None:
+        return model
+    return model.dequantize().to(getattr(torch, DTYPES.get(dtype, dtype)))
 
 
 def load_adapters(model, specs: list[AdapterSpec], base_name: str):

@@ -170,3 +170,68 @@ def test_greedy_agreement_tells_a_near_tie_from_a_changed_answer():
     rounded = torch.tensor([[5.1, 1.0, 0.0], [1.95, 1.99, 0.0], [0.5, 2.9, 0.0]], dtype=torch.float64)
     # row 1: 0.02 apart, moved by 0.05: a near-tie; row 2: a clear choice (3 apart) overturned
     assert greedy_agreement(reference, rounded) == {"same": 1, "near_ties": 1, "changed": 1}
+
+
+@pytest.mark.parametrize("trained", ["lm_head", "embed_tokens"])
+def test_a_module_trained_in_full_on_a_tied_base_is_exported_as_trained(trained, tmp_path):
+    """SmolLM2's embeddings and head are one matrix: training either alone unties them, and the file
+    must hold both (llama.cpp reads output.weight when present, else the embeddings)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loratk.testing import build_tiny_model
+    from tests.engine.export.conftest import make_export_adapter
+
+    base = build_tiny_model(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    adapter = make_export_adapter(base, tmp_path / "adapter", modules_to_save=[trained])
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter))
+    with torch.no_grad():  # the full copy as training leaves it: changed
+        for name, param in model.named_parameters():
+            if "modules_to_save" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(adapter)
+    result = export(parse_adapter_specs([str(adapter)]), tmp_path / "model.gguf", outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    names = {t.name for t in read(tmp_path / "model.gguf").tensors}
+    assert {"token_embd.weight", "output.weight"} <= names
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    text = tokenizer("the secret word is banana", return_tensors="pt")
+    from_file = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).eval()(**text).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(base)(**text).logits
+        torch.testing.assert_close(from_file(**text).logits, expected, atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(expected, base_logits, atol=1e-3)
+
+
+def test_verification_tokenizes_the_added_tokens_and_catches_a_wrong_token_type(tmp_path, monkeypatch):
+    """New tokens (--new_tokens) are in the round trip: typed as ordinary BPE tokens, llama.cpp would
+    spell them out in pieces, and the export is refused."""
+    from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
+
+    import loratk.engine.export.gguf_merged as gguf_merged
+    from loratk.engine.export.gguf_vocab import NORMAL, USER_DEFINED
+    from loratk.testing import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "base", "llama")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens([AddedToken("<tool>", normalized=False)])
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert export([], tmp_path / "good.gguf", model_name_or_path=str(folder), outtype="f32").details["verification"]
+
+    real_vocab_of = gguf_merged.vocab_of
+
+    def untyped(*args):
+        vocab = real_vocab_of(*args)
+        vocab.token_types = [NORMAL if kind == USER_DEFINED else kind for kind in vocab.token_types]
+        return vocab
+
+    monkeypatch.setattr(gguf_merged, "vocab_of", untyped)
+    # the added tokens' string; <tool> (id 400) is one token to the model, in pieces to the file
+    with pytest.raises(ModelError, match=r"tokenizes 'a<\|endoftext\|>b.*the model's tokenizer as \[.*\b400\b"):
+        export([], tmp_path / "bad.gguf", model_name_or_path=str(folder), outtype="f32")
+    assert not (tmp_path / "bad.gguf").exists()

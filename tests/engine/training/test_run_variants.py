@@ -1,5 +1,7 @@
 """LoRA variants end to end on a tiny model: the adapter trained is the adapter plain peft loads,
-it merges under verification, and an interrupted run resumes to the same adapter."""
+it merges under verification, exports to a verified GGUF that answers like it (or, where a llama.cpp
+LoRA file cannot hold the variant, is refused as a GGUF adapter), and an interrupted run resumes to
+the same adapter."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel
@@ -116,14 +119,109 @@ def test_a_variant_trains_saves_what_plain_peft_loads_and_merges_verified(name, 
         saved = load_file(final / "adapter_model.safetensors")
         assert not any(key.endswith("base_layer.weight") for key in saved)  # the new rows, not whole embeddings
 
-    if not options.get("use_4bit"):  # loratk generate's loading (4-bit: bitsandbytes' bfloat16 inference layout)
-        session = load_session([AdapterSpec("a", final)], str(tiny_model), dtype="float32")
-        torch.testing.assert_close(logits(session.model, session.tokenizer), expected, atol=2e-4, rtol=1e-4)
+    # loratk generate's loading, unquantized (LoftQ: the 4-bit base it was fitted to, dequantized)
+    session = load_session([AdapterSpec("a", final)], str(tiny_model), dtype="float32")
+    torch.testing.assert_close(logits(session.model, session.tokenizer), expected, atol=2e-4, rtol=1e-4)
     result = merge([AdapterSpec("a", final)], tmp_path / "merged", verify=True)
     assert result.max_logit_diff < result.tolerance
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(merged, tokenizer), expected, atol=2e-4, rtol=1e-4)  # the model the run trained
+    if options.get("init_lora_weights") == "loftq":
+        assert "fitted to its bnb-4bit base by LoftQ; it is merged into that base dequantized" in result.notes[0]
 
 
-@pytest.mark.parametrize("name", ["dora+rslora+patterns+tokens+loraplus+neftune", "pissa"])
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_variant_exports_to_a_verified_gguf_that_answers_like_the_trained_model(name, whole_run, tmp_path):
+    import gguf
+
+    from loratk.engine.export.exporting import export
+    from loratk.engine.export.gguf_vocab import CONTROL, USER_DEFINED, tokenizer_from_gguf
+
+    options = RUNS[name]
+    out, summary, trained = whole_run(name)
+    final = out / "final"
+    result = export([AdapterSpec("a", final)], tmp_path / "model.gguf", outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    # llama.cpp's tensors, as transformers reads them back (PiSSA/OLoRA: the converted adapter on the
+    # original base; LoftQ: on the dequantized 4-bit base it was fitted to, as the export notes)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    from_file = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(from_file, tokenizer), logits(trained, tokenizer), atol=2e-4, rtol=1e-4)
+    assert ("LoftQ" in " ".join(result.notes)) == (options.get("init_lora_weights") == "loftq")
+
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    rows = next(int(t.shape[1]) for t in reader.tensors if t.name == "token_embd.weight")  # GGUF shapes reversed
+    assert len(tokens) == rows == len(tokenizer) == 400 + len(summary.get("new_token_ids", []))
+    if "new_tokens" in options:
+        ids, types = summary["new_token_ids"], reader.get_field("tokenizer.ggml.token_type").contents()
+        assert [tokens[i] for i in ids] == TOKENS and [types[i] for i in ids] == [USER_DEFINED, CONTROL]
+        encoded = tokenizer_from_gguf(reader).encode(TEXT, add_special_tokens=False).ids
+        assert encoded == tokenizer(TEXT, add_special_tokens=False)["input_ids"] and set(ids) <= set(encoded)
+
+
+def test_new_tokens_on_a_tied_base_export_with_the_grown_vocabulary(data, tmp_path):
+    """SmolLM2's head is its embedding matrix: the new rows train once and the file holds them once."""
+    import gguf
+
+    from loratk.engine.export.exporting import export
+    from loratk.testing import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    summary, trained = run(data, base, tmp_path / "out", new_tokens=TOKENS[:1], add_special_tokens=TOKENS[1:])
+    result = export([AdapterSpec("a", tmp_path / "out" / "final")], tmp_path / "model.gguf", outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    assert [t.name for t in reader.tensors].count("output.weight") == 0  # still tied
+    assert len(tokens) == next(int(t.shape[1]) for t in reader.tensors if t.name == "token_embd.weight") == 402
+    assert [tokens[i] for i in summary["new_token_ids"]] == TOKENS
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "final")
+    from_file = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf", dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(from_file, tokenizer), logits(trained, tokenizer), atol=2e-4, rtol=1e-4)
+
+
+# What a llama.cpp LoRA file cannot hold, per run; the others export as one
+DORA = "DoRA (a magnitude vector per weight)"
+NOT_IN_A_GGUF_ADAPTER = {"dora+rslora+patterns+tokens+loraplus+neftune": f"{DORA} and new-token rows (trainable_token_indices)",
+                         "rslora+modules_to_save+gaussian": "modules trained in full (lm_head; modules_to_save)",
+                         "qdora+loftq": f"{DORA} and a LoftQ start, which belongs on its dequantized 4-bit base "
+                                        "(no base GGUF holds that)"}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_variant_exports_as_a_gguf_adapter_or_is_refused_by_name(name, whole_run, tiny_model, tmp_path):
+    from loratk.engine.export.exporting import export
+    from loratk.errors import ModelError
+    from tests.engine.export.conftest import merged_weights
+    from tests.engine.export.test_gguf_adapter import base_weights, rebuild_like_llama_cpp
+
+    final = whole_run(name)[0] / "final"
+    output = tmp_path / "adapter.gguf"
+    if name in NOT_IN_A_GGUF_ADAPTER:
+        with pytest.raises(ModelError) as refused:
+            export([AdapterSpec("a", final)], output, format="gguf-adapter", outtype="f32")
+        assert str(refused.value) == f"adapter a has {NOT_IN_A_GGUF_ADAPTER[name]}, which a llama.cpp LoRA adapter file cannot hold"
+        assert not list(tmp_path.iterdir())
+        return
+    result = export([AdapterSpec("a", final)], output, format="gguf-adapter", outtype="f32")
+    assert result.details["verification"].startswith("passed")
+    # PiSSA/OLoRA: the converted rank-2r LoRA against the original base, as llama.cpp applies it
+    assert {int(t.shape[1]) for t in gguf_reader(output).tensors if t.name.endswith("lora_a")} == {2 * FAST["lora_rank"]}
+    merged = merged_weights(final)
+    rebuilt = rebuild_like_llama_cpp(output, base_weights(tiny_model))
+    assert len(rebuilt) == 14
+    for weight_name, weight in rebuilt.items():
+        np.testing.assert_allclose(weight, merged[weight_name], atol=1e-5, err_msg=weight_name)
+
+
+def gguf_reader(path):
+    import gguf
+
+    return gguf.GGUFReader(path)
+
+
+@pytest.mark.parametrize("name", [name for name in RUNS if name != "olora"])  # olora: pissa's conversion
 def test_an_interrupted_variant_run_resumes_to_the_same_adapter(name, whole_run, data, tiny_model, tmp_path):
     options = RUNS[name]
     whole_out = whole_run(name)[0]
