@@ -73,21 +73,34 @@ def chat_prompts(tokenizer) -> list[str]:
     return [chat_turn(tokenizer, prompt) for prompt in VERIFY_PROMPTS]
 
 
-def added_tokens_text(tokenizer) -> list[str]:
+def added_tokens_text(tokenizer, lead: str = "a") -> list[str]:
     """Every added token (a run's new tokens included) between letters, as one string; tokens that
     strip the spaces around them or match whole words only are left out (GGUF does not record that)."""
     added = [token.content for token in tokenizer.added_tokens_decoder.values()
              if not (token.lstrip or token.rstrip or token.single_word)]
-    return ["a" + "b".join(added) + "c"] if added else []
+    return [lead + "b".join(added) + "c"] if added else []
 
 
 def round_trip_texts(tokenizer, in_chat: bool = False) -> list[str]:
     """The multilingual strings (as they are, with the added tokens' string, or each as a user turn of a
-    chat), then the check prompts. In a chat turn the added tokens would put text right after special
-    tokens, where a SentencePiece vocabulary's space rule and transformers' differ (see sentencepiece_vocab)."""
+    chat), then the check prompts."""
     if in_chat:
         return [*(chat_turn(tokenizer, text) for text in ROUND_TRIP_TEXTS), *chat_prompts(tokenizer)]
     return [*ROUND_TRIP_TEXTS, *added_tokens_text(tokenizer), *chat_prompts(tokenizer)]
+
+
+def sentencepiece_added_tokens_text(reader, tokenizer) -> list[str]:
+    """The added tokens' string for a SentencePiece vocabulary, opening with a token (so no text stands at
+    the start), where both sides treat text after an added token alike: llama.cpp puts a "▁" there when
+    the file's flag is set, transformers when its space rule is "always". With "first" and the flag set
+    (a chat template without special tokens; see sentencepiece_vocab) they differ, and it is left out."""
+    import json
+
+    from loratk.engine.export.sentencepiece_vocab import space_rule
+
+    rule = space_rule(json.loads(tokenizer.backend_tokenizer.to_str()))
+    flag = field_value(reader, "tokenizer.ggml.add_space_prefix")
+    return added_tokens_text(tokenizer, lead="") if (rule == "always") == bool(flag) else []
 
 
 def check_tokenizer(reader, tokenizer) -> int:
@@ -95,7 +108,10 @@ def check_tokenizer(reader, tokenizer) -> int:
     A SentencePiece vocabulary is checked on chat-rendered text, where its space rule was chosen to agree
     (see sentencepiece_vocab); a byte-level one also on the bare strings."""
     rebuilt = tokenizer_from_gguf(reader)
-    texts = round_trip_texts(tokenizer, in_chat=field_value(reader, "tokenizer.ggml.model") == "llama")
+    sentencepiece = field_value(reader, "tokenizer.ggml.model") == "llama"
+    texts = round_trip_texts(tokenizer, in_chat=sentencepiece)
+    if sentencepiece:
+        texts += sentencepiece_added_tokens_text(reader, tokenizer)
     for text in texts:
         expected = tokenizer(text, add_special_tokens=False)["input_ids"]
         got = rebuilt.encode(text, add_special_tokens=False).ids
