@@ -221,7 +221,7 @@ def gguf_reader(path):
     return gguf.GGUFReader(path)
 
 
-@pytest.mark.parametrize("name", [name for name in RUNS if name != "olora"])  # olora: pissa's conversion
+@pytest.mark.parametrize("name", list(RUNS))
 def test_an_interrupted_variant_run_resumes_to_the_same_adapter(name, whole_run, data, tiny_model, tmp_path):
     options = RUNS[name]
     whole_out = whole_run(name)[0]
