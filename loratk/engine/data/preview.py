@@ -76,7 +76,7 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
         stats["new_token_ids"] = new_token_ids
     blocker = predicted_packing_blocker(config, model_path)
     if data.pairs:
-        return _pair_report(data, stats, blocker, config, tokenizer, examples_shown)
+        return _pair_report(data, stats, blocker, config, tokenizer, examples_shown, model_path)
     stats["packing"] = blocker is None
     stats["padded_efficiency"] = round(padded_efficiency(list(data.train["length"]),
                                                          config.per_device_train_batch_size), 4)
@@ -91,11 +91,18 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     return DataReport(stats, runs)
 
 
-def _pair_report(data, stats, blocker, config, tokenizer, shown: int) -> DataReport:
-    """A batch's pairs go through the model as 2B sequences in one row (where the model's
-    attention can run per example, which only loading it tells; padded otherwise)."""
+def _pair_report(data, stats, blocker, config, tokenizer, shown: int, model_path: str) -> DataReport:
+    """A batch's pairs go through the model as 2B sequences in one row where loratk's per-example
+    attention runs for the model (judged from its config, as training decides); padded otherwise."""
+    from transformers import AutoConfig
+
     from loratk.engine.data.packing import padded_efficiency
     from loratk.engine.data.preference import SIDES, prompt_length
+    from loratk.engine.models.attention_support import per_example_attention_blocker
+
+    if blocker is None:
+        model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+        blocker = per_example_attention_blocker(model_config, config.max_seq_length)
 
     lengths = [len(ids) for side in SIDES for ids in data.train[f"{side}_input_ids"]]
     stats["padded_efficiency"] = round(padded_efficiency(lengths, 2 * config.per_device_train_batch_size), 4)

@@ -25,12 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from loratk.engine.kernels import matmul_attention
+from loratk.engine.models.attention_support import per_example_attention_blocker
 
 NAME = "loratk_varlen"
-# Architectures whose attention is plain causal softmax attention called through transformers'
-# attention interface with position_ids passed along (checked by tests/engine/test_attention.py).
-SUPPORTED = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite", "smollm3", "phi3",
-                       "starcoder2", "cohere"})
 
 
 def segment_bounds(position_ids: torch.Tensor) -> list[int]:
@@ -138,14 +135,8 @@ def register() -> None:
 
 def use_varlen_attention(model, max_seq_length: int) -> bool:
     """Switch ``model`` to per-example attention when that is exact for it; report whether it did."""
-    config = model.config
-    if config.model_type not in SUPPORTED:
+    if per_example_attention_blocker(model.config, max_seq_length) is not None:
         return False
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True) and window < max_seq_length:
-        return False
-    if getattr(config, "attention_dropout", 0.0):
-        return False  # dropout in sdpa differs from the eager path; keep the reference behaviour
     register()
     try:
         model.set_attn_implementation(NAME)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loratk.config.train_config import TrainConfig
 from loratk.engine.data.preview import dry_run, print_report
 
@@ -59,3 +61,26 @@ def test_pairs_show_the_shared_prompt_and_both_answers_trained_tokens(tmp_path, 
     print_report(report, console)
     text = console.export_text()
     assert "pair 1" in text and "[chosen] pong<|im_end|>" in text and "[rejected] no<|im_end|>" in text
+
+
+@pytest.mark.parametrize("arch, overrides, one_row", [("llama", {}, True), ("mistral", {"sliding_window": 64}, False),
+                                                      ("gpt_neox", {}, False)],
+                         ids=["llama", "mistral-short-window", "gpt-neox"])
+def test_pairs_are_predicted_in_one_row_exactly_where_training_runs_them_so(arch, overrides, one_row, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from loratk.engine.data.packing import batches_as_one_row
+    from loratk.engine.kernels.attention import use_varlen_attention
+    from loratk.testing import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / arch, arch, **overrides)
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps({"prompt": "ping", "chosen": "pong", "rejected": "no"}) + "\n", encoding="utf-8")
+    report = dry_run(TrainConfig.from_mapping({"dataset_path": [str(path)], "model_name_or_path": str(model_dir),
+                                               "method": "dpo", "max_seq_length": 512}))
+    assert report.stats["packing"] is one_row
+    model = AutoModelForCausalLM.from_pretrained(model_dir)  # what loratk train decides once it has the model
+    use_varlen_attention(model, 512)
+    assert batches_as_one_row(model) is one_row
+    if not one_row:
+        assert report.stats["packing_note"].endswith("padded batches")
