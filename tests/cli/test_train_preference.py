@@ -55,6 +55,10 @@ def test_dpo_learns_the_preference_and_logs_trls_metrics(dpo_run):
     assert summary["one_row_batches"] is True  # chosen and rejected packed in one row
     assert "method: dpo" in (dpo_run / "loratk_run.yaml").read_text()
     assert (dpo_run / "training_curves.png").stat().st_size > 0
+    # the free-space check's allowance per logged step covers DPO's longest records
+    from loratk.engine.training.preflight import LOG_RECORD_BYTES
+
+    assert max(len(line) for line in (dpo_run / "metrics.jsonl").read_bytes().splitlines()) <= LOG_RECORD_BYTES
 
 
 def test_precomputed_reference_trains_the_same_is_cached_and_reused_on_resume(dpo_run, tmp_path, tiny_model,

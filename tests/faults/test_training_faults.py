@@ -366,16 +366,25 @@ def test_interrupt_at_a_random_step_then_resume_matches_an_uninterrupted_run(dat
 # --- 10. free space ---------------------------------------------------------------------------------
 
 def test_space_estimate_is_close_to_what_a_run_writes(unfinished_template, module_data, tiny_model):
-    from loratk.engine.training.preflight import checkpoints_at_peak, space_needed, tokenizer_bytes
+    from loratk.engine.training.preflight import (LOG_RECORD_BYTES, checkpoints_at_peak, log_records, space_needed,
+                                                  tokenizer_bytes)
 
     out = unfinished_template  # 6 steps, a checkpoint every 2, at most 3 kept: 3 at its peak
-    config = TrainConfig(max_steps=STEPS, save_steps=2, save_total_limit=3)
+    config = TrainConfig(max_steps=STEPS, save_steps=2, save_total_limit=3, logging_steps=1)
     written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     adapter = sum(p.stat().st_size for p in (out / "checkpoint-6").iterdir()
                   if p.name.startswith(("adapter_model", "tokenizer", "chat_template")))
     trainable = sum(t.numel() for t in load_file(out / "checkpoint-6" / "adapter_model.safetensors").values())
-    estimate = space_needed(trainable, checkpoints_at_peak(config, 16), tokenizer_bytes(tiny_model))
+    logged = log_records(config, 16, evaluates=False)
+    assert logged == 6  # --logging_steps 1
+    estimate = space_needed(trainable, checkpoints_at_peak(config, 16), tokenizer_bytes(tiny_model), logged)
     assert written + adapter <= estimate <= 1.5 * (written + adapter), (estimate, written + adapter)  # + final/
+    # each logged step costs at most LOG_RECORD_BYTES in metrics.jsonl and in a checkpoint's log history
+    state_file = out / "checkpoint-6" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert len(state["log_history"]) == 6
+    assert state_file.stat().st_size - len(json.dumps({**state, "log_history": []}, indent=2)) <= 6 * LOG_RECORD_BYTES
+    assert (out / "metrics.jsonl").stat().st_size <= 6 * LOG_RECORD_BYTES
     # --save_total_limit counts, and a run too short to reach save_steps saves no checkpoint
     assert checkpoints_at_peak(dataclasses.replace(config, save_total_limit=1), 16) == 2
     assert checkpoints_at_peak(dataclasses.replace(config, save_steps=500), 16) == 0

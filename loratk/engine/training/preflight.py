@@ -25,6 +25,10 @@ OPTIMIZER_BYTES_PER_PARAMETER = 8
 # states, training arguments, model card), and the run's own files (metrics, curves, summary).
 CHECKPOINT_EXTRA_BYTES = 64 * 2**10
 RUN_EXTRA_BYTES = 256 * 2**10
+# One logged step: a line of metrics.jsonl, and a record of the log history every checkpoint's
+# trainer_state.json repeats (indented JSON); DPO's rewards and log-probs make the longest, about
+# 520 bytes in the log history and up to 750 in metrics.jsonl (an evaluation's line).
+LOG_RECORD_BYTES = 1024
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
                    "spiece.model", "vocab.txt")
@@ -135,22 +139,32 @@ def tokenizer_bytes(model_path: str | Path) -> int:
     return sum((folder / name).stat().st_size for name in TOKENIZER_FILES if (folder / name).is_file())
 
 
+def total_steps(config: TrainConfig, train_rows: int, processes: int = 1) -> int:
+    """Optimizer steps the run will take."""
+    if config.max_steps > 0:
+        return config.max_steps
+    batches = math.ceil(train_rows / (config.per_device_train_batch_size * processes))
+    return math.ceil(config.num_train_epochs * math.ceil(batches / config.gradient_accumulation_steps))
+
+
 def checkpoints_at_peak(config: TrainConfig, train_rows: int, processes: int = 1) -> int:
     """How many checkpoints exist at once at most: those the schedule saves, up to save_total_limit
     plus the one written before the oldest is rotated away."""
-    if config.max_steps > 0:
-        steps = config.max_steps
-    else:
-        batches = math.ceil(train_rows / (config.per_device_train_batch_size * processes))
-        steps = math.ceil(config.num_train_epochs * math.ceil(batches / config.gradient_accumulation_steps))
-    return min(config.save_total_limit + 1, steps // config.save_steps)
+    return min(config.save_total_limit + 1, total_steps(config, train_rows, processes) // config.save_steps)
 
 
-def space_needed(trainable_parameters: int, checkpoints: int, tokenizer_size: int) -> int:
-    """Bytes a run has written at its peak: ``checkpoints`` checkpoints, final/, metrics and curves."""
+def log_records(config: TrainConfig, train_rows: int, evaluates: bool, processes: int = 1) -> int:
+    """How many records the run logs: one per logging step, and one more per evaluation."""
+    return (total_steps(config, train_rows, processes) // config.logging_steps) * (2 if evaluates else 1)
+
+
+def space_needed(trainable_parameters: int, checkpoints: int, tokenizer_size: int, logged: int = 0) -> int:
+    """Bytes a run has written at its peak: ``checkpoints`` checkpoints, final/, metrics and curves.
+    The ``logged`` records are counted in metrics.jsonl and in every checkpoint's log history (the
+    newest holds them all)."""
     adapter = trainable_parameters * ADAPTER_BYTES_PER_PARAMETER + tokenizer_size
     checkpoint = adapter + trainable_parameters * OPTIMIZER_BYTES_PER_PARAMETER + CHECKPOINT_EXTRA_BYTES
-    return checkpoints * checkpoint + adapter + RUN_EXTRA_BYTES
+    return checkpoints * checkpoint + adapter + RUN_EXTRA_BYTES + (checkpoints + 1) * logged * LOG_RECORD_BYTES
 
 
 def check_writable(path: Path, needed: int) -> None:

@@ -152,8 +152,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
     from loratk.engine.models.lora_variants import variant_summary
     from loratk.engine.models.precision import choose_precision
     from loratk.engine.training.preflight import (check_model_limits, check_optimizer, check_output_dir,
-                                                  check_sharding, check_writable, checkpoints_at_peak, space_needed,
-                                                  tokenizer_bytes)
+                                                  check_sharding, check_writable, checkpoints_at_peak, log_records,
+                                                  space_needed, tokenizer_bytes)
     from loratk.engine.training.reporting import MetricsFile, RichProgress, warn
     from loratk.engine.models.targets import resolve_target_modules
     from loratk.engine.kernels.fused_lora import unfused_targets
@@ -223,7 +223,8 @@ def train(config: TrainConfig, console, after_load: Callable[[Any], None] | None
         for reason, names in by_reason.items():
             console.print(f"peft's forward for {', '.join(names)} ({reason}), not loratk's fused LoRA layer")
         kept = checkpoints_at_peak(config, len(data.train), world_size())
-        check_writable(out, space_needed(trainable, kept, tokenizer_bytes(model_path)))
+        logged = log_records(config, len(data.train), data.eval is not None, world_size())
+        check_writable(out, space_needed(trainable, kept, tokenizer_bytes(model_path), logged))
         discard_incomplete(out)
         if resume is not None:
             for path, _ in resume.damaged:
