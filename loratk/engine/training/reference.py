@@ -95,6 +95,8 @@ def gather_strided(share: torch.Tensor, total: int, device) -> torch.Tensor:
 
 def add_reference_log_probs(model, data, config, precision: str, model_path: str) -> None:
     """Give ``data.train`` (and ``data.eval``) their ``ref_logps`` column, from the cache where it has them."""
+    from loratk.engine.training.distributed import world_size
+
     if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # the Trainer would move it there anyway
     hits = 0
@@ -116,8 +118,6 @@ def add_reference_log_probs(model, data, config, precision: str, model_path: str
             if cache is not None:
                 _save(scores, cache)
         setattr(data, split, pairs.add_column(COLUMN, scores.tolist()))
-    from loratk.engine.training.distributed import world_size
-
     shared = f", shared out over {world_size()} processes" if world_size() > 1 and not hits else ""
     data.stats["reference_log_probs"] = "precomputed, from the cache" if hits else f"precomputed{shared}"
 
