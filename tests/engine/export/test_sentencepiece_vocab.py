@@ -98,3 +98,25 @@ def test_a_vocabulary_llama_cpp_has_no_tokenizer_for_is_a_one_line_error():
     wordpiece = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
     with pytest.raises(ModelError, match="this one is WordPiece"):
         vocab_of(wordpiece, 2)
+
+
+def test_the_llama_2_tokenizer_json_form_round_trips(tmp_path):
+    """Llama 2's tokenizer.json as published (a Prepend/Replace normalizer, no pre-tokenizer), loaded
+    as a plain fast tokenizer, keeps that pipeline: the "▁" goes before every piece of text."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    source = build_tiny_sentencepiece_tokenizer()
+    spec = json.loads(source.backend_tokenizer.to_str())
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+    spec["pre_tokenizer"] = None
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), unk_token="<unk>",
+                                        bos_token="<s>", eos_token="<|im_end|>", pad_token="</s>")
+    tokenizer.chat_template = source.chat_template
+    assert tokenizer.convert_ids_to_tokens(tokenizer(" a", add_special_tokens=False)["input_ids"])[0] == "▁"  # "▁▁a"
+    vocab = vocab_of(tokenizer, len(tokenizer))
+    assert vocab.model == "llama" and vocab.add_space_prefix is True
+    assert check_tokenizer(through_file(vocab, tmp_path), tokenizer) == 9  # strings, prompts, added tokens
