@@ -196,12 +196,7 @@ class TrainConfig:
             problems.append(f"{flag} asks for {implied} but quantization is {self.quantization!r}; choose one")
         if self.bf16 and self.fp16:
             problems.append("bf16 and fp16 exclude each other; choose one")
-        if self.lr_scheduler_type not in LR_SCHEDULERS:
-            problems.append(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of {', '.join(LR_SCHEDULERS)}"
-                            + did_you_mean(self.lr_scheduler_type, LR_SCHEDULERS))
-        if self.optim not in OPTIMIZERS:
-            problems.append(f"optim {self.optim!r} is not one of {', '.join(OPTIMIZERS)}"
-                            + did_you_mean(self.optim, OPTIMIZERS))
+        problems += self._not_one_of("lr_scheduler_type", LR_SCHEDULERS) + self._not_one_of("optim", OPTIMIZERS)
         if self.report_to not in REPORT_TO:
             problems.append(f"report_to {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
         problems += self._preference_problems()
@@ -246,14 +241,15 @@ class TrainConfig:
                     problems.append(f"{name}: {module} must be greater than 0, got {value}")
         return problems
 
+    def _not_one_of(self, name: str, choices) -> list[str]:
+        """The problem with option ``name`` when its value is not among ``choices`` (with a did-you-mean)."""
+        value = getattr(self, name)
+        if value in choices:
+            return []
+        return [f"{name} {value!r} is not one of {', '.join(choices)}" + did_you_mean(value, choices)]
+
     def _preference_problems(self) -> list[str]:
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"method {self.method!r} is not one of {', '.join(METHODS)}"
-                            + did_you_mean(self.method, METHODS))
-        if self.loss_type not in DPO_LOSS_TYPES:
-            problems.append(f"loss_type {self.loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}"
-                            + did_you_mean(self.loss_type, DPO_LOSS_TYPES))
+        problems = self._not_one_of("method", METHODS) + self._not_one_of("loss_type", DPO_LOSS_TYPES)
         if self.beta <= 0:
             problems.append(f"beta must be greater than 0, got {self.beta}")
         if self.orpo_alpha < 0:
