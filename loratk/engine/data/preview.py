@@ -41,11 +41,14 @@ def token_runs(input_ids: list[int], labels: list[int], tokenizer, offset: int =
     return [(tokenizer.decode(ids, skip_special_tokens=False), trained) for ids, trained in runs]
 
 
-def predicted_packing_blocker(config: TrainConfig, model_path: str) -> str | None:
-    """Why the model (judged from its config and class, without weights) cannot pack exactly."""
+def predicted_packing_blocker(config: TrainConfig, model_path: str, one_row: bool = False) -> str | None:
+    """Why the model (judged from its config and class, without weights) cannot pack exactly; with
+    ``one_row`` (preference pairs), also why a batch could not run as one row with per-example
+    attention, as training decides."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from loratk.engine.data.packing import class_packing_blocker
+    from loratk.engine.models.attention_support import per_example_attention_blocker
 
     if config.packing is False:
         return "packing is off (--no-packing)"
@@ -53,8 +56,12 @@ def predicted_packing_blocker(config: TrainConfig, model_path: str) -> str | Non
     try:
         model_class = AutoModelForCausalLM._model_mapping[type(model_config)]
     except KeyError:
-        return None  # remote-code models are checked when they load
-    return class_packing_blocker(model_class, getattr(model_config, "_attn_implementation", None) or "sdpa")
+        blocker = None  # remote-code models are checked when they load
+    else:
+        blocker = class_packing_blocker(model_class, getattr(model_config, "_attn_implementation", None) or "sdpa")
+    if blocker is None and one_row:
+        blocker = per_example_attention_blocker(model_config, config.max_seq_length)
+    return blocker
 
 
 def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
@@ -74,9 +81,9 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     stats = dict(data.stats, row_kind=data.kind, lora=describe(config))
     if new_token_ids:
         stats["new_token_ids"] = new_token_ids
-    blocker = predicted_packing_blocker(config, model_path)
+    blocker = predicted_packing_blocker(config, model_path, one_row=data.pairs)
     if data.pairs:
-        return _pair_report(data, stats, blocker, config, tokenizer, examples_shown, model_path)
+        return _pair_report(data, stats, blocker, config, tokenizer, examples_shown)
     stats["packing"] = blocker is None
     stats["padded_efficiency"] = round(padded_efficiency(list(data.train["length"]),
                                                          config.per_device_train_batch_size), 4)
@@ -91,18 +98,11 @@ def dry_run(config: TrainConfig, examples_shown: int = 3) -> DataReport:
     return DataReport(stats, runs)
 
 
-def _pair_report(data, stats, blocker, config, tokenizer, shown: int, model_path: str) -> DataReport:
+def _pair_report(data, stats, blocker, config, tokenizer, shown: int) -> DataReport:
     """A batch's pairs go through the model as 2B sequences in one row where loratk's per-example
     attention runs for the model (judged from its config, as training decides); padded otherwise."""
-    from transformers import AutoConfig
-
     from loratk.engine.data.packing import padded_efficiency
     from loratk.engine.data.preference import SIDES, prompt_length
-    from loratk.engine.models.attention_support import per_example_attention_blocker
-
-    if blocker is None:
-        model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
-        blocker = per_example_attention_blocker(model_config, config.max_seq_length)
 
     lengths = [len(ids) for side in SIDES for ids in data.train[f"{side}_input_ids"]]
     stats["padded_efficiency"] = round(padded_efficiency(lengths, 2 * config.per_device_train_batch_size), 4)
